@@ -1,0 +1,266 @@
+"""The command line: the only module that prints or exits.
+
+Exit codes (see ``errors.ExitCode``): 0 success (nothing to prune included), 1 failure or
+partial failure, 2 usage or config error, 3 engine unreachable, 4 aborted (declined, or no
+terminal to confirm on without -f).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import click
+
+from . import __version__, config, report
+from .engine.docker_engine import DockerEngine
+from .errors import ExitCode, SparkjoyError
+from .executor import Executor, ObjectResult
+from .planner import Plan, plan as make_plan
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-12-04T09:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def engine_options(fn: Callable) -> Callable:
+    fn = click.option("-H", "--host", help="Engine address (unix://, tcp://, ssh://). Default: DOCKER_HOST, "
+                      "the current docker context, then unix:///var/run/docker.sock.")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                      help="TOML config file. Default: $SPARKJOY_CONFIG, ~/.config/sparkjoy/config.toml, "
+                      "/etc/sparkjoy/config.toml.")(fn)
+    fn = click.option("--timeout", help="Longest wait for one engine call, e.g. 10m (default 10m).")(fn)
+    return fn
+
+
+def policy_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--max-age", help="Old means last tagged/used longer ago than this (default 6h; negative: "
+                     "everything is old)."),
+        click.option("--keep-recent", type=int, help="Keep the N newest old images per repository (default 2)."),
+        click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
+                     help="Scope: only objects with this label (repeatable; all must match)."),
+        click.option("--repo", "repos", multiple=True, metavar="GLOB",
+                     help="Scope: only images whose repository matches (repeatable)."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Protect images with a repo:tag matching this glob (repeatable)."),
+        click.option("--containers/--no-containers", default=None, help="Prune stopped containers (default on)."),
+        click.option("--images/--no-images", default=None, help="Prune images (default on)."),
+        click.option("--build-cache/--no-build-cache", default=None, help="Prune build cache (default on)."),
+        click.option("--volumes", is_flag=False, flag_value="anonymous", default=None,
+                     type=click.Choice(["none", "anonymous", "all"]),
+                     help="Prune unused volumes: --volumes for anonymous ones, --volumes=all for named too."),
+        click.option("--as-of", help="Judge ages as of this time (ISO 8601) instead of now, e.g. to preview."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _flags(params: dict[str, Any]) -> dict[str, Any]:
+    """Given click's parameters, return the settings the user actually gave, by dotted key."""
+    mapping = {
+        "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
+        "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
+        "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
+    }
+    flags = {}
+    for name, dotted in mapping.items():
+        value = params.get(name)
+        if value is None or value == ():
+            continue
+        flags[dotted] = list(value) if isinstance(value, tuple) else value
+    return flags
+
+
+def _fail(error: SparkjoyError) -> None:
+    click.echo(f"sparkjoy: error: {error}", err=True)
+    sys.exit(int(error.exit_code))
+
+
+def _load(params: dict[str, Any]) -> config.Settings:
+    return config.load(_flags(params), params.get("config_path"))
+
+
+def _snapshot_and_plan(settings: config.Settings, as_of: str | None) -> tuple[DockerEngine, Plan]:
+    engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
+    snapshot = engine.snapshot()
+    now = _parse_time(as_of) or snapshot.taken_at
+    return engine, make_plan(snapshot, settings.policy, now=now)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="sparkjoy")
+def main() -> None:
+    """Keep a Docker host's disk from filling up.
+
+    \b
+    sparkjoy df               where did the space go?
+    sparkjoy prune --dry-run  what would a prune remove, and why?
+    sparkjoy prune            remove it (asks first; -f to skip the question)
+
+    Exit codes: 0 success, 1 failure or partial failure, 2 usage or config error,
+    3 engine unreachable, 4 aborted at the confirmation.
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@engine_options
+@policy_options
+@click.option("-v", "--verbose", is_flag=True, help="List every object, not just the largest.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
+              help="Output format.")
+def df(**params: Any) -> None:
+    """Show where the disk went: images, build cache, containers and volumes.
+
+    Bytes are counted once however many images share a layer; RECLAIMABLE is what a
+    prune with the same policy options would free.
+    """
+    try:
+        settings = _load(params)
+        _, plan = _snapshot_and_plan(settings, params["as_of"])
+    except SparkjoyError as error:
+        _fail(error)
+        return
+    if params["output_format"] == "json":
+        click.echo(report.dumps(report.df_json(plan)))
+    else:
+        click.echo(report.render_df(plan, verbose=params["verbose"]))
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def object_done(self, result: ObjectResult) -> None:
+        if self.enabled:
+            click.echo(f"{result.outcome.value}: {result.planned.kind.value} {report.display_id(result.planned)} "
+                       f"{report.display_names(result.planned)}", err=True)
+
+
+@main.command(context_settings=CONTEXT)
+@engine_options
+@policy_options
+@click.option("--dry-run", is_flag=True, help="Show the plan, delete nothing.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation (never forces a deletion).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the IDs of removed objects.")
+@click.option("-v", "--verbose", is_flag=True, help="List every object with its decision and reason.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
+              help="Output format (json: see the README for the contract).")
+@click.option("--audit", is_flag=True, help="After the run, verify every object the plan kept is still there; "
+              "exit 1 if not.")
+def prune(**params: Any) -> None:
+    """Remove what the policy says is old and unused: stopped containers, images, build cache (volumes
+    only with --volumes).
+
+    An image's age counts from its last tag (or last use), never its creation. Images used
+    by any container, excluded or out of scope stay, and so do the --keep-recent newest
+    per repository. Nothing is ever force-deleted.
+    """
+    try:
+        settings = _load(params)
+        engine, plan = _snapshot_and_plan(settings, params["as_of"])
+    except SparkjoyError as error:
+        _fail(error)
+        return
+    as_json = params["output_format"] == "json"
+
+    if params["dry_run"]:
+        if as_json:
+            click.echo(report.dumps(report.plan_json(plan)))
+        elif params["quiet"]:
+            for o in plan.deletions:
+                click.echo(o.id)
+        else:
+            click.echo("DRY RUN: nothing is deleted.\n")
+            click.echo(report.render_plan(plan, verbose=params["verbose"]))
+            click.echo("\n" + report.plan_totals(plan, dry_run=True))
+        return
+
+    if not plan.deletions:
+        if as_json:
+            result = Executor(engine).execute(plan)
+            click.echo(report.dumps(report.result_json(result)))
+        elif not params["quiet"]:
+            click.echo(report.render_plan(plan, verbose=params["verbose"]))
+            click.echo("Total reclaimed space: 0B")
+        return
+
+    if not params["force"]:
+        if not sys.stdin.isatty():
+            click.echo(
+                "sparkjoy: error: refusing to delete without confirmation: no terminal to ask on. "
+                "Use -f to prune without asking, or --dry-run to see the plan.",
+                err=True,
+            )
+            sys.exit(int(ExitCode.ABORTED))
+        click.echo(report.render_plan(plan, verbose=params["verbose"]), err=True)
+        click.echo("\n" + report.plan_totals(plan, dry_run=True), err=True)
+        if not click.confirm("WARNING! This will remove the objects listed above. Are you sure you want to "
+                             "continue?", default=False, err=True):
+            click.echo("Aborted: nothing was deleted.", err=True)
+            sys.exit(int(ExitCode.ABORTED))
+
+    executor = Executor(engine, reporter=_Progress(params["verbose"] and not as_json), audit=params["audit"])
+    result = executor.execute(plan)
+    if as_json:
+        click.echo(report.dumps(report.result_json(result)))
+    elif params["quiet"]:
+        for r in result.results:
+            if r.outcome.value == "deleted":
+                click.echo(r.planned.id)
+    else:
+        click.echo(report.render_result(result, verbose=params["verbose"]))
+    if not result.ok:
+        sys.exit(int(ExitCode.FAILED))
+
+
+@main.command("config", context_settings=CONTEXT)
+@engine_options
+@policy_options
+@click.option("--keys", is_flag=True, help="List every config key with its description and example.")
+def config_command(**params: Any) -> None:
+    """Check the configuration and print the effective settings (or every key with --keys)."""
+    if params["keys"]:
+        for key in config.all_keys():
+            where = f"[{key.section}] " if key.section else ""
+            click.echo(f"{where}{key.name}  (env {key.env})\n    {key.description}\n    example: {key.example}")
+        return
+    try:
+        settings = _load(params)
+    except SparkjoyError as error:
+        _fail(error)
+        return
+    click.echo(f"# config file: {settings.config_file or '(none)'}")
+    for dotted, value in settings.values.items():
+        click.echo(f"{dotted} = {json.dumps(_plain(value))}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "total_seconds"):
+        return f"{int(value.total_seconds())}s"
+    if hasattr(value, "value"):
+        return value.value
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)
+
+
+def run() -> None:  # pragma: no cover - console entry point wrapper
+    main()
+
+
+

@@ -1,0 +1,279 @@
+"""Settings from a TOML file, the environment and flags, checked once into typed values.
+
+Precedence: flags > environment (``SPARKJOY_*``) > config file > defaults. The config file is
+``--config FILE``, else ``$SPARKJOY_CONFIG``, else the first that exists of
+``$XDG_CONFIG_HOME/sparkjoy/config.toml`` (``~/.config/sparkjoy/config.toml``) and
+``/etc/sparkjoy/config.toml``.
+
+Every key is declared once in ``SCHEMA`` with its parser, description and example; the
+README's table and ``sparkjoy config --keys`` come from it. Every problem is reported
+with where it came from (file and key, variable, or flag), all at once, not just the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+from .policy import LabelSelector, Policy, VolumeMode
+from .units import parse_duration, parse_size
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '6h', got {value!r}")
+    if isinstance(value, (int, float)):
+        raise ValueError(f"a bare number is ambiguous: write it with a unit, such as '{value}s' or '{value}m'")
+    return parse_duration(value)
+
+
+def _whole(minimum: int = 0) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        if value > 10**9:
+            raise ValueError(f"{value} is absurdly large")
+        return value
+
+    return parse
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # Environment variables carry lists comma-separated.
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def _labels(value: Any) -> tuple[LabelSelector, ...]:
+    return tuple(LabelSelector.parse(text) for text in _strings(value))
+
+
+def _volumes(value: Any) -> VolumeMode:
+    if value is True:
+        return VolumeMode.ANONYMOUS
+    if value is False:
+        return VolumeMode.NONE
+    try:
+        return VolumeMode(str(value).strip().lower())
+    except ValueError:
+        raise ValueError(f"expected one of none, anonymous, all, got {value!r}") from None
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError(f"expected an address such as unix:///var/run/docker.sock or tcp://host:2376, got {value!r}")
+    return value
+
+
+def _timeout(value: Any) -> int:
+    seconds = _duration(value).total_seconds()
+    if seconds < 1:
+        raise ValueError(f"must be at least 1s, got {value!r}")
+    return int(seconds)
+
+
+def _size(value: Any) -> int:
+    return parse_size(value)
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    description: str
+    example: str
+    section: str = ""  # "" for top-level keys
+
+    @property
+    def env(self) -> str:
+        prefix = f"SPARKJOY_{self.section.upper()}_" if self.section else "SPARKJOY_"
+        return prefix + self.name.upper()
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("max_age", _duration, timedelta(hours=6),
+        "An object is old when its last tag or last use (images), finish (containers), last use "
+        "(build cache) or creation (volumes) is longer ago than this. Negative: everything is old.",
+        'max_age = "6h"'),
+    Key("keep_recent", _whole(0), 2,
+        "Among old tagged images, keep this many of the newest per repository.",
+        "keep_recent = 2"),
+    Key("labels", _labels, (),
+        "Scope: only objects carrying every one of these labels (KEY or KEY=VALUE).",
+        'labels = ["project=p1"]'),
+    Key("repos", _strings, (),
+        "Scope: only images whose repository matches one of these globs.",
+        'repos = ["myapp/*"]'),
+    Key("exclude", _strings, (),
+        "Protect images with any repo:tag matching one of these globs.",
+        'exclude = ["redis:*", "*:keep"]'),
+    Key("containers", _boolean, True, "Prune stopped containers older than max_age.", "containers = true"),
+    Key("images", _boolean, True, "Prune images.", "images = true"),
+    Key("build_cache", _boolean, True, "Prune build-cache records unused for longer than max_age.",
+        "build_cache = true"),
+    Key("volumes", _volumes, VolumeMode.NONE,
+        "Prune unused volumes older than max_age: none, anonymous, or all (named ones too).",
+        'volumes = "none"'),
+    Key("host", _host, None,
+        "Engine address; default: DOCKER_HOST, the current docker context, then the local socket.",
+        'host = "unix:///var/run/docker.sock"', section="engine"),
+    Key("timeout", _timeout, 600, "How long one engine call may take before it is abandoned.",
+        'timeout = "10m"', section="engine"),
+)
+
+POLICY_KEYS = ("max_age", "keep_recent", "labels", "repos", "exclude", "containers", "images", "build_cache", "volumes")
+EXTRA_SCHEMA: list[Key] = []  # sections added by other commands (the daemon registers its keys here)
+
+
+def all_keys() -> tuple[Key, ...]:
+    return SCHEMA + tuple(EXTRA_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked settings: the policy plus everything else, and where the file came from."""
+
+    policy: Policy
+    values: Mapping[str, Any] = field(default_factory=dict)  # "section.name" or "name" -> value
+    config_file: Path | None = None
+
+    def get(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+    @property
+    def host(self) -> str | None:
+        return self.values.get("engine.host")
+
+    @property
+    def timeout(self) -> int:
+        return self.values.get("engine.timeout", 600)
+
+
+def default_config_paths(environ: Mapping[str, str]) -> list[Path]:
+    xdg = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".config")
+    return [Path(xdg) / "sparkjoy" / "config.toml", Path("/etc/sparkjoy/config.toml")]
+
+
+def _dotted(key: Key) -> str:
+    return f"{key.section}.{key.name}" if key.section else key.name
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Given flags (dotted key -> raw value, only those the user gave), a --config path and the
+    environment, return checked Settings or raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    keys = {(_dotted(k)): k for k in all_keys()}
+    problems: list[str] = []
+    raw: dict[str, tuple[Any, str]] = {}
+
+    path = _choose_file(config_path, environ, problems)
+    if path is not None:
+        _read_file(path, keys, raw, problems)
+    for dotted, key in keys.items():
+        if key.env in environ and environ[key.env] != "":
+            raw[dotted] = (environ[key.env], f"environment variable {key.env}")
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        if dotted not in keys:
+            raise ValueError(f"unknown setting {dotted!r}")  # a programming error, not user input
+        raw[dotted] = (value, f"flag --{keys[dotted].name.replace('_', '-')}")
+
+    values: dict[str, Any] = {}
+    for dotted, key in keys.items():
+        if dotted not in raw:
+            values[dotted] = key.default
+            continue
+        value, source = raw[dotted]
+        try:
+            values[dotted] = key.parse(value)
+        except (ValueError, TypeError) as error:
+            problems.append(f"{source}: {dotted} = {_show(value)}: {error}")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        policy = Policy(**{name: values[name] for name in POLICY_KEYS})
+    except ConfigError as error:
+        raise ConfigError([f"policy: {p}" for p in error.problems]) from error
+    return Settings(policy=policy, values=values, config_file=path)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _choose_file(config_path: str | None, environ: Mapping[str, str], problems: list[str]) -> Path | None:
+    explicit = config_path or environ.get("SPARKJOY_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            source = "--config" if config_path else "SPARKJOY_CONFIG"
+            problems.append(f"{source}: config file {explicit} does not exist or is not a file")
+            return None
+        return path
+    for candidate in default_config_paths(environ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, str]], problems: list[str]) -> None:
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        problems.append(f"{path}: not a text file (is it the right file?)")
+        return
+    except tomllib.TOMLDecodeError as error:
+        problems.append(f"{path}: not valid TOML: {error}")
+        return
+    except OSError as error:
+        problems.append(f"{path}: cannot read: {error.strerror or error}")
+        return
+    sections = {k.section for k in keys.values() if k.section}
+    for name, value in data.items():
+        if isinstance(value, dict) and name in sections:
+            for sub, subvalue in value.items():
+                dotted = f"{name}.{sub}"
+                if dotted in keys:
+                    raw[dotted] = (subvalue, f"{path}")
+                else:
+                    problems.append(f"{path}: unknown key [{name}] {sub}{_suggest(dotted, keys)}")
+        elif name in keys and not keys[name].section:
+            raw[name] = (value, f"{path}")
+        else:
+            problems.append(f"{path}: unknown key {name}{_suggest(name, keys)}")
+
+
+def _suggest(name: str, keys: Mapping[str, Key]) -> str:
+    close = difflib.get_close_matches(name, list(keys), n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(sorted(keys))})"

@@ -1,0 +1,61 @@
+"""The engine interface: the questions the executor and daemon ask, and the deletions they make.
+
+The executor, daemon and reports depend on this, never on the Docker SDK, so they can be
+exercised with a recording fake in fast tests while the real thing is proven against a
+real engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..model import Container, Snapshot
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """An image as it is right now, for the re-check before deleting it."""
+
+    id: str
+    repo_tags: tuple[str, ...]
+
+
+class Engine(Protocol):
+    host: str
+
+    def ping(self) -> None:
+        """Raise EngineUnreachable unless the engine answers."""
+
+    def snapshot(self) -> Snapshot:
+        """Read everything the planner needs, converted to model values."""
+
+    def usage(self) -> int:
+        """Bytes the engine uses right now, each byte once (see sparkjoy.usage.engine_usage)."""
+
+    def image_state(self, image_id: str) -> ImageState | None:
+        """The image's current tags, or None when it is gone."""
+
+    def containers_of_image(self, image_id: str) -> list[Container]:
+        """Containers in any state whose image is this one (re-check before untagging)."""
+
+    def untag(self, tag: str) -> list[dict]:
+        """Remove one tag (never forced). Returns the engine's Untagged/Deleted entries."""
+
+    def delete_image(self, image_id: str) -> list[dict]:
+        """Delete an untagged image by ID (never forced)."""
+
+    def container_state(self, container_id: str) -> Container | None:
+        """The container as it is now, or None when it is gone."""
+
+    def remove_container(self, container_id: str) -> None:
+        """Remove a stopped container (never forced; its volumes stay)."""
+
+    def prune_build_cache_record(self, record_id: str) -> tuple[bool, int]:
+        """Prune exactly one cache record. Returns (deleted, bytes the engine says it reclaimed)."""
+
+    def volume_exists(self, name: str) -> bool:
+        """True when the volume still exists."""
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume (never forced)."""

@@ -1,0 +1,215 @@
+"""Engine JSON -> model values, once, at the edge.
+
+Every converter is defensive: a missing field, a null or a value of the wrong type gives
+the safe reading (no time, unknown state, size unknown), which the planner turns into
+"keep". Nothing here raises on odd input except for an object without an ID, which is
+dropped by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from ..model import BuildCacheRecord, Container, ContainerState, Image, Layer, Volume
+
+# The diff ID of an empty layer tarball: a layer of zero bytes.
+EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Given an engine timestamp (RFC 3339 with up to nanoseconds, or unix seconds), return UTC time.
+
+    The zero time (``0001-01-01T00:00:00Z``), 0, negatives, garbage and None all give None.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            return None
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    # Python's parser takes at most 6 fractional digits; the engine sends 9.
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def as_int(value: Any, default: int = -1) -> int:
+    if isinstance(value, bool) or value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value:  # not NaN
+        return int(value)
+    return default
+
+
+def as_str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def as_strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and v)
+
+
+def as_labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): str(v) if v is not None else "" for k, v in value.items()}
+
+
+def real_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Old engines report dangling images as ``<none>:<none>``: that is no tag."""
+    return tuple(t for t in tags if t and t != "<none>:<none>" and not t.startswith("<none>"))
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """Given a bottom-to-top list of layer diff IDs, return their chain IDs (as the layer store names them)."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            digest = hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest()
+            chains.append(f"sha256:{digest}")
+    return chains
+
+
+def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int) -> tuple[Layer, ...]:
+    """Given an image's inspect and history answers, return its layers with sizes.
+
+    History lists steps newest first with the size each added; steps that made no layer
+    have size 0. When the steps cannot be lined up with the layers exactly (sizes must add
+    up to the image's size), return () so the image is accounted as a whole.
+    """
+    if not isinstance(inspect, Mapping) or not isinstance(history, list):
+        return ()
+    rootfs = inspect.get("RootFS")
+    diff_ids = [d for d in rootfs.get("Layers") or [] if isinstance(d, str)] if isinstance(rootfs, Mapping) else []
+    if not diff_ids:
+        return ()
+    sizes_oldest_first = [as_int(h.get("Size"), 0) if isinstance(h, Mapping) else 0 for h in reversed(history)]
+    nonzero = [s for s in sizes_oldest_first if s > 0]
+    non_empty_layers = [i for i, d in enumerate(diff_ids) if d != EMPTY_LAYER_DIFF_ID]
+    if len(nonzero) == len(diff_ids):
+        layer_sizes = nonzero
+    elif len(nonzero) == len(non_empty_layers):
+        layer_sizes = [0] * len(diff_ids)
+        for index, size in zip(non_empty_layers, nonzero):
+            layer_sizes[index] = size
+    else:
+        return ()
+    if image_size >= 0 and sum(layer_sizes) != image_size:
+        return ()
+    return tuple(Layer(chain, size) for chain, size in zip(chain_ids(diff_ids), layer_sizes))
+
+
+def image_from(summary: Mapping[str, Any], inspect: Mapping[str, Any] | None, layers: tuple[Layer, ...]) -> Image:
+    """Given the ``/system/df`` image summary and the image's inspect answer, return an Image."""
+    inspect = inspect if isinstance(inspect, Mapping) else {}
+    metadata = inspect.get("Metadata")
+    last_tag = parse_time(metadata.get("LastTagTime")) if isinstance(metadata, Mapping) else None
+    image_id = as_str(summary.get("Id")) or as_str(inspect.get("Id"))
+    tags = real_tags(as_strings(inspect.get("RepoTags")) or as_strings(summary.get("RepoTags")))
+    labels = as_labels(summary.get("Labels"))
+    if not labels:
+        config = inspect.get("Config")
+        labels = as_labels(config.get("Labels")) if isinstance(config, Mapping) else {}
+    return Image(
+        id=image_id,
+        repo_tags=tags,
+        created=parse_time(inspect.get("Created")) or parse_time(summary.get("Created")),
+        last_tag_time=last_tag,
+        size=as_int(summary.get("Size"), as_int(inspect.get("Size"), 0)),
+        shared_size=as_int(summary.get("SharedSize"), -1),
+        labels=labels,
+        parent_id=as_str(inspect.get("Parent")) or as_str(summary.get("ParentId")),
+        repo_digests=as_strings(summary.get("RepoDigests")),
+        layers=layers,
+    )
+
+
+def container_from(summary: Mapping[str, Any], inspect: Mapping[str, Any] | None) -> Container:
+    """Given the ``/system/df`` (or list) container summary and, for stopped ones, the inspect answer."""
+    inspect = inspect if isinstance(inspect, Mapping) else {}
+    state_text = as_str(summary.get("State")).lower()
+    inspected_state = inspect.get("State")
+    if isinstance(inspected_state, Mapping) and isinstance(inspected_state.get("Status"), str):
+        state_text = inspected_state["Status"].lower()
+    try:
+        state = ContainerState(state_text)
+    except ValueError:
+        state = ContainerState.UNKNOWN
+    finished = parse_time(inspected_state.get("FinishedAt")) if isinstance(inspected_state, Mapping) else None
+    names = tuple(n.lstrip("/") for n in as_strings(summary.get("Names")))
+    mounts = summary.get("Mounts")
+    volumes = tuple(
+        m["Name"]
+        for m in (mounts if isinstance(mounts, list) else [])
+        if isinstance(m, Mapping) and m.get("Type") == "volume" and isinstance(m.get("Name"), str)
+    )
+    return Container(
+        id=as_str(summary.get("Id")),
+        names=names,
+        image_id=as_str(summary.get("ImageID")),
+        image_ref=as_str(summary.get("Image")),
+        state=state,
+        created=parse_time(summary.get("Created")),
+        finished=finished,
+        size_rw=as_int(summary.get("SizeRw"), 0),
+        labels=as_labels(summary.get("Labels")),
+        volumes=volumes,
+    )
+
+
+def build_cache_from(entry: Mapping[str, Any]) -> BuildCacheRecord:
+    parents = entry.get("Parents")
+    parent = as_str(entry.get("Parent")) or (as_strings(parents)[0] if as_strings(parents) else "")
+    in_use = entry.get("InUse")
+    shared = entry.get("Shared")
+    return BuildCacheRecord(
+        id=as_str(entry.get("ID")),
+        parent=parent,
+        type=as_str(entry.get("Type")),
+        description=as_str(entry.get("Description")),
+        # Unknown means in use and shared: the safe readings.
+        in_use=in_use if isinstance(in_use, bool) else True,
+        shared=shared if isinstance(shared, bool) else True,
+        size=max(as_int(entry.get("Size"), 0), 0),
+        created=parse_time(entry.get("CreatedAt")),
+        last_used=parse_time(entry.get("LastUsedAt")),
+        usage_count=as_int(entry.get("UsageCount"), 0),
+    )
+
+
+def volume_from(entry: Mapping[str, Any]) -> Volume:
+    usage = entry.get("UsageData")
+    usage = usage if isinstance(usage, Mapping) else {}
+    return Volume(
+        name=as_str(entry.get("Name")),
+        driver=as_str(entry.get("Driver")),
+        created=parse_time(entry.get("CreatedAt")),
+        size=as_int(usage.get("Size"), -1),
+        ref_count=as_int(usage.get("RefCount"), -1),
+        labels=as_labels(entry.get("Labels")),
+    )

@@ -1,0 +1,293 @@
+"""The Docker Engine implementation of ``Engine``, over the official SDK's low-level client.
+
+One ``/system/df`` call lists every kind with sizes; images are then inspected (for the
+last-tag time and layers) and stopped containers inspected (for their finish time), in a
+small thread pool. Image history, which never changes for an image ID, is cached.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+import docker
+import docker.errors
+import requests
+
+from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
+from ..model import Container, ContainerState, Snapshot
+from . import convert
+from .base import ImageState
+from .connect import Connection, resolve
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 600  # seconds: listing or pruning a big engine is slow; a short timeout breaks it
+INSPECT_WORKERS = 8
+
+
+def _hint(connection: Connection, cause: str) -> str:
+    if "Permission denied" in cause or "PermissionError" in cause:
+        return (
+            "Fix: run sparkjoy as a user allowed to use the Docker socket (root, or a member of the "
+            "'docker' group), or point it at another engine with --host / DOCKER_HOST."
+        )
+    return (
+        f"The address came from {connection.source}. Fix: start the engine (e.g. `systemctl start docker`), "
+        "or point sparkjoy at a running one with --host or DOCKER_HOST (unix://, tcp://, ssh://), "
+        "or pick a context with DOCKER_CONTEXT."
+    )
+
+
+class DockerEngine:
+    """A Docker-compatible engine reached through the SDK's ``APIClient``."""
+
+    def __init__(self, connection: Connection, timeout: int = DEFAULT_TIMEOUT, api_version: str = "auto"):
+        self.connection = connection
+        self.host = connection.base_url
+        self._history_cache: dict[str, Any] = {}
+        try:
+            self.api = docker.APIClient(
+                base_url=connection.base_url,
+                version=api_version,
+                timeout=timeout,
+                tls=connection.tls or False,
+                use_ssh_client=_use_ssh_client(connection.base_url),
+            )
+        except docker.errors.DockerException as error:
+            raise EngineUnreachable(connection.base_url, _cause(error), _hint(connection, _cause(error))) from error
+        except (requests.exceptions.RequestException, OSError) as error:
+            raise EngineUnreachable(connection.base_url, _cause(error), _hint(connection, _cause(error))) from error
+
+    @classmethod
+    def connect(cls, host: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> "DockerEngine":
+        """Given ``--host`` (or None for DOCKER_HOST / context / default), connect and check the engine answers."""
+        engine = cls(resolve(host), timeout=timeout)
+        engine.ping()
+        return engine
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run one API call, turning transport failures and error statuses into sparkjoy errors."""
+        try:
+            return fn()
+        except docker.errors.NotFound as error:
+            raise EngineNotFound(operation, 404, _explanation(error)) from error
+        except docker.errors.APIError as error:
+            status = error.status_code
+            message = _explanation(error)
+            if status == 409:
+                raise EngineConflict(operation, status, message) from error
+            raise EngineError(operation, status, message) from error
+        except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as error:
+            raise EngineUnreachable(self.host, _cause(error), _hint(self.connection, _cause(error))) from error
+        except requests.exceptions.Timeout as error:
+            raise EngineError(operation, None, f"timed out: {error}") from error
+        except (requests.exceptions.RequestException, json.JSONDecodeError, ValueError) as error:
+            raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
+        except docker.errors.DockerException as error:
+            raise EngineError(operation, None, _cause(error)) from error
+
+    # -- reading ------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        try:
+            self.api.ping()
+        except docker.errors.APIError as error:
+            raise EngineUnreachable(self.host, _explanation(error), _hint(self.connection, str(error))) from error
+        except (requests.exceptions.RequestException, OSError, docker.errors.DockerException) as error:
+            raise EngineUnreachable(self.host, _cause(error), _hint(self.connection, _cause(error))) from error
+
+    def snapshot(self) -> Snapshot:
+        taken_at = datetime.now(timezone.utc)
+        df = self._call("read disk usage (GET /system/df)", self.api.df)
+        if not isinstance(df, dict):
+            raise EngineError("read disk usage (GET /system/df)", None, f"expected an object, got {type(df).__name__}")
+        image_entries = [e for e in df.get("Images") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))]
+        container_entries = [
+            e for e in df.get("Containers") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))
+        ]
+        cache_entries = df.get("BuildCache")
+        build_cache_supported = cache_entries is not None or "BuildCache" in df
+        records = tuple(
+            r for r in (convert.build_cache_from(e) for e in cache_entries or [] if isinstance(e, dict)) if r.id
+        )
+        volumes = tuple(
+            v for v in (convert.volume_from(e) for e in df.get("Volumes") or [] if isinstance(e, dict)) if v.name
+        )
+        any_shared_record = any(r.shared and r.size > 0 for r in records)
+
+        def read_image(entry: dict):
+            image_id = entry["Id"]
+            try:
+                inspect = self._call(f"inspect image {image_id}", lambda: self.api.inspect_image(image_id))
+            except EngineNotFound:
+                return None  # deleted since the listing
+            layers: tuple = ()
+            size = convert.as_int(entry.get("Size"), -1)
+            if convert.as_int(entry.get("SharedSize"), 0) != 0 or any_shared_record:
+                layers = convert.layers_from(inspect, self._history(image_id), size)
+            return convert.image_from(entry, inspect, layers)
+
+        def read_container(entry: dict):
+            state = convert.as_str(entry.get("State")).lower()
+            inspect = None
+            if state in (ContainerState.EXITED.value, ContainerState.DEAD.value):
+                try:
+                    inspect = self._call(
+                        f"inspect container {entry['Id']}", lambda: self.api.inspect_container(entry["Id"])
+                    )
+                except EngineNotFound:
+                    return None
+            return convert.container_from(entry, inspect)
+
+        with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
+            images = tuple(i for i in pool.map(read_image, image_entries) if i is not None)
+            containers = tuple(c for c in pool.map(read_container, container_entries) if c is not None)
+
+        version = self._call("read engine version", self.api.version)
+        return Snapshot(
+            taken_at=taken_at,
+            images=images,
+            containers=containers,
+            build_cache=records,
+            volumes=volumes,
+            layers_size=max(convert.as_int(df.get("LayersSize"), 0), 0),
+            api_version=convert.as_str(self.api.api_version),
+            engine_version=convert.as_str(version.get("Version")) if isinstance(version, dict) else "",
+            build_cache_supported=build_cache_supported,
+        )
+
+    def _history(self, image_id: str) -> Any:
+        if image_id not in self._history_cache:
+            try:
+                self._history_cache[image_id] = self._call(
+                    f"read history of image {image_id}", lambda: self.api.history(image_id)
+                )
+            except EngineNotFound:
+                return None
+        return self._history_cache[image_id]
+
+    def usage(self) -> int:
+        from ..usage import engine_usage
+
+        df = self._call("read disk usage (GET /system/df)", self.api.df)
+        records = tuple(convert.build_cache_from(e) for e in df.get("BuildCache") or [] if isinstance(e, dict))
+        containers = tuple(convert.container_from(e, None) for e in df.get("Containers") or [] if isinstance(e, dict))
+        volumes = tuple(convert.volume_from(e) for e in df.get("Volumes") or [] if isinstance(e, dict))
+        return engine_usage(
+            Snapshot(
+                taken_at=datetime.now(timezone.utc),
+                images=(),
+                containers=containers,
+                build_cache=records,
+                volumes=volumes,
+                layers_size=max(convert.as_int(df.get("LayersSize"), 0), 0),
+            )
+        )
+
+    def image_state(self, image_id: str) -> ImageState | None:
+        try:
+            inspect = self._call(f"inspect image {image_id}", lambda: self.api.inspect_image(image_id))
+        except EngineNotFound:
+            return None
+        if not isinstance(inspect, dict):
+            raise EngineError(f"inspect image {image_id}", None, "unexpected answer")
+        found_id = convert.as_str(inspect.get("Id"))
+        if found_id != image_id:
+            return None
+        return ImageState(found_id, convert.real_tags(convert.as_strings(inspect.get("RepoTags"))))
+
+    def containers_of_image(self, image_id: str) -> list[Container]:
+        entries = self._call(
+            f"list containers of image {image_id}",
+            lambda: self.api.containers(all=True, filters={"ancestor": image_id}),
+        )
+        found = [convert.container_from(e, None) for e in entries or [] if isinstance(e, dict)]
+        # `ancestor` also matches containers of child images: those pin this image too.
+        return found
+
+    def untag(self, tag: str) -> list[dict]:
+        return self._call(f"untag {tag}", lambda: self.api.remove_image(tag, force=False, noprune=False)) or []
+
+    def delete_image(self, image_id: str) -> list[dict]:
+        return self._call(
+            f"delete image {image_id}", lambda: self.api.remove_image(image_id, force=False, noprune=False)
+        ) or []
+
+    def container_state(self, container_id: str) -> Container | None:
+        try:
+            inspect = self._call(
+                f"inspect container {container_id}", lambda: self.api.inspect_container(container_id)
+            )
+        except EngineNotFound:
+            return None
+        if not isinstance(inspect, dict):
+            raise EngineError(f"inspect container {container_id}", None, "unexpected answer")
+        config = inspect.get("Config") if isinstance(inspect.get("Config"), dict) else {}
+        summary = {
+            "Id": inspect.get("Id"),
+            "Names": [inspect.get("Name")] if isinstance(inspect.get("Name"), str) else [],
+            "ImageID": inspect.get("Image"),
+            "Image": config.get("Image"),
+            "Created": inspect.get("Created"),
+            "Labels": config.get("Labels"),
+        }
+        return convert.container_from(summary, inspect)
+
+    def remove_container(self, container_id: str) -> None:
+        self._call(
+            f"remove container {container_id}",
+            lambda: self.api.remove_container(container_id, v=False, force=False),
+        )
+
+    def prune_build_cache_record(self, record_id: str) -> tuple[bool, int]:
+        # `all` lets the filter reach shared and internal records; the `id` filter keeps it to
+        # exactly this record (the engine ignores label filters here, so never scope by label).
+        def call():
+            return self.api.prune_builds(filters={"id": [record_id]}, all=True)
+
+        try:
+            result = self._call(f"prune build cache record {record_id}", call)
+        except EngineConflict as error:
+            raise EngineBusy(error.operation, error.status, error.message) from error
+        if not isinstance(result, dict):
+            return False, 0
+        deleted = [d for d in result.get("CachesDeleted") or [] if isinstance(d, str)]
+        return record_id in deleted, max(convert.as_int(result.get("SpaceReclaimed"), 0), 0)
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self._call(f"inspect volume {name}", lambda: self.api.inspect_volume(name))
+        except EngineNotFound:
+            return False
+        return True
+
+    def remove_volume(self, name: str) -> None:
+        self._call(f"remove volume {name}", lambda: self.api.remove_volume(name, force=False))
+
+
+def _explanation(error: docker.errors.APIError) -> str:
+    explanation = getattr(error, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode(errors="replace")
+    return str(explanation or error).strip()
+
+
+def _cause(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def _use_ssh_client(base_url: str) -> bool:
+    """ssh:// needs paramiko, an optional extra; without it use the system's ssh client."""
+    if not base_url.startswith("ssh://"):
+        return False
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        return True
+    return False

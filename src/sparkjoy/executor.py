@@ -1,0 +1,248 @@
+"""The executor: deletes exactly the plan's deletions, in order, re-checking each object first.
+
+It is the only code that deletes. Each object is re-checked against the engine just before
+its deletion; anything that changed since the plan (a new container, a moved tag, a
+build now using a cache record) is kept and reported with the reason. Nothing is ever
+forced: an image is untagged tag by tag, and the engine's 409 is taken as "kept".
+Failures are collected per object, never raised out of the run, except a lost engine,
+which stops the run with the rest reported as not attempted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Protocol
+
+from .engine.base import Engine
+from .errors import EngineBusy, EngineConflict, EngineError, EngineUnreachable
+from .model import Kind
+from .planner import Plan, PlannedObject
+
+
+class Outcome(str, Enum):
+    DELETED = "deleted"
+    KEPT = "kept"  # changed since the plan, or the engine refused: the object stays, reason given
+    GONE = "gone"  # already gone when we came to it
+    PARTIAL = "partial"  # some tags were removed, then the engine refused the rest
+    FAILED = "failed"  # the engine answered with an error
+    SKIPPED = "not attempted"  # the run stopped (engine lost, or shutdown) before this object
+
+    @property
+    def is_failure(self) -> bool:
+        return self in (Outcome.FAILED, Outcome.PARTIAL, Outcome.SKIPPED)
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    planned: PlannedObject
+    outcome: Outcome
+    detail: str = ""
+    removed_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    kind: Kind
+    id: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    plan: Plan
+    results: tuple[ObjectResult, ...]
+    usage_before: int
+    usage_after: int
+    stopped_early: str = ""  # why the run stopped before the end, if it did
+    audit: tuple[AuditFinding, ...] | None = None  # None when no audit was asked for
+
+    @property
+    def reclaimed_bytes(self) -> int:
+        """Measured: the engine's usage before minus after (other activity on the engine shows here too)."""
+        return self.usage_before - self.usage_after
+
+    @property
+    def failures(self) -> tuple[ObjectResult, ...]:
+        return tuple(r for r in self.results if r.outcome.is_failure)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.stopped_early and not (self.audit or ())
+
+    def count(self, kind: Kind, outcome: Outcome = Outcome.DELETED) -> int:
+        return sum(1 for r in self.results if r.planned.kind is kind and r.outcome is outcome)
+
+
+class Reporter(Protocol):
+    def object_done(self, result: ObjectResult) -> None: ...
+
+
+BUSY_RETRIES = 5
+
+
+@dataclass
+class Executor:
+    engine: Engine
+    reporter: Reporter | None = None
+    # Checked between objects: a shutdown request lets the deletion in progress finish.
+    should_stop: Callable[[], bool] = lambda: False
+    # Waits between retries when the engine says another prune is running. Injected so
+    # tests need not wait; the daemon passes an interruptible wait.
+    wait: Callable[[float], None] = time.sleep
+    audit: bool = False
+
+    def execute(self, plan: Plan) -> RunResult:
+        usage_before = self.engine.usage()
+        results: list[ObjectResult] = []
+        removed_containers: set[str] = set()
+        stopped_early = ""
+        for planned in plan.deletions:
+            if stopped_early:
+                results.append(ObjectResult(planned, Outcome.SKIPPED, stopped_early))
+                continue
+            if self.should_stop():
+                stopped_early = "shutdown requested"
+                results.append(ObjectResult(planned, Outcome.SKIPPED, stopped_early))
+                continue
+            try:
+                result = self._execute_one(planned, removed_containers)
+            except EngineUnreachable as error:
+                stopped_early = f"engine unreachable: {error.cause}"
+                result = ObjectResult(planned, Outcome.SKIPPED, stopped_early)
+            except EngineError as error:
+                result = ObjectResult(planned, Outcome.FAILED, str(error))
+            if result.outcome is Outcome.DELETED and planned.kind is Kind.CONTAINER:
+                removed_containers.add(planned.id)
+            results.append(result)
+            if self.reporter:
+                self.reporter.object_done(result)
+        try:
+            usage_after = self.engine.usage()
+        except EngineError:
+            usage_after = usage_before
+            stopped_early = stopped_early or "engine unreachable after the run: reclaimed space not measured"
+        except EngineUnreachable as error:
+            usage_after = usage_before
+            stopped_early = stopped_early or f"engine unreachable after the run: {error.cause}"
+        audit = self._audit(plan) if self.audit and not stopped_early.startswith("engine unreachable") else None
+        return RunResult(plan, tuple(results), usage_before, usage_after, stopped_early, audit)
+
+    # -- one object ---------------------------------------------------------------------
+
+    def _execute_one(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
+        if planned.kind is Kind.CONTAINER:
+            return self._container(planned)
+        if planned.kind is Kind.IMAGE:
+            return self._image(planned, removed_containers)
+        if planned.kind is Kind.BUILD_CACHE:
+            return self._build_cache(planned)
+        return self._volume(planned)
+
+    def _container(self, planned: PlannedObject) -> ObjectResult:
+        current = self.engine.container_state(planned.id)
+        if current is None:
+            return ObjectResult(planned, Outcome.GONE, "already removed")
+        if not current.state.stopped:
+            return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now {current.state.value}")
+        try:
+            self.engine.remove_container(planned.id)
+        except EngineConflict as error:
+            return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
+        return ObjectResult(planned, Outcome.DELETED)
+
+    def _image(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
+        current = self.engine.image_state(planned.id)
+        if current is None:
+            return ObjectResult(planned, Outcome.GONE, "already deleted")
+        new_tags = sorted(set(current.repo_tags) - set(planned.names))
+        if new_tags:
+            return ObjectResult(planned, Outcome.KEPT, "changed since the plan: now also tagged " + ", ".join(new_tags))
+        users = [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
+        if users:
+            name = users[0].names[0] if users[0].names else users[0].short_id
+            return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now used by container {name}")
+
+        removed: list[str] = []
+        for tag in current.repo_tags:
+            try:
+                answer = self.engine.untag(tag)
+            except EngineConflict as error:
+                return self._refused(planned, removed, error)
+            removed.append(tag)
+            if _deleted(answer, planned.id):
+                return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+
+        # Untagged everything (or it was dangling): the image itself may still be there.
+        if self.engine.image_state(planned.id) is None:
+            return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+        try:
+            self.engine.delete_image(planned.id)
+        except EngineConflict as error:
+            return self._refused(planned, removed, error)
+        return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+
+    @staticmethod
+    def _refused(planned: PlannedObject, removed: list[str], error: EngineConflict) -> ObjectResult:
+        if removed:
+            return ObjectResult(
+                planned,
+                Outcome.PARTIAL,
+                f"removed tags {', '.join(removed)}, then the engine refused: {error.message}",
+                tuple(removed),
+            )
+        return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
+
+    def _build_cache(self, planned: PlannedObject) -> ObjectResult:
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                deleted, _ = self.engine.prune_build_cache_record(planned.id)
+            except EngineBusy as error:
+                if attempt == BUSY_RETRIES:
+                    return ObjectResult(planned, Outcome.KEPT, f"engine busy with another prune: {error.message}")
+                self.wait(min(0.5 * 2**attempt, 8.0))
+                continue
+            if deleted:
+                return ObjectResult(planned, Outcome.DELETED)
+            return ObjectResult(
+                planned, Outcome.KEPT, "not pruned by the engine: in use by a build or already gone"
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _volume(self, planned: PlannedObject) -> ObjectResult:
+        if not self.engine.volume_exists(planned.id):
+            return ObjectResult(planned, Outcome.GONE, "already removed")
+        try:
+            self.engine.remove_volume(planned.id)
+        except EngineConflict as error:
+            return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
+        return ObjectResult(planned, Outcome.DELETED)
+
+    # -- audit --------------------------------------------------------------------------
+
+    def _audit(self, plan: Plan) -> tuple[AuditFinding, ...]:
+        """Check that every object the plan kept is still there, with every tag it had."""
+        after = self.engine.snapshot()
+        images = {i.id: set(i.repo_tags) for i in after.images}
+        containers = {c.id for c in after.containers}
+        records = {r.id for r in after.build_cache}
+        volumes = {v.name for v in after.volumes}
+        findings = []
+        for kept in plan.kept:
+            if kept.kind is Kind.IMAGE:
+                if kept.id not in images:
+                    findings.append(AuditFinding(kept.kind, kept.id, "kept image is gone"))
+                elif missing := set(kept.names) - images[kept.id]:
+                    findings.append(AuditFinding(kept.kind, kept.id, "kept image lost tags " + ", ".join(sorted(missing))))
+            elif kept.kind is Kind.CONTAINER and kept.id not in containers:
+                findings.append(AuditFinding(kept.kind, kept.id, "kept container is gone"))
+            elif kept.kind is Kind.VOLUME and kept.id not in volumes:
+                findings.append(AuditFinding(kept.kind, kept.id, "kept volume is gone"))
+            elif kept.kind is Kind.BUILD_CACHE and kept.id not in records:
+                findings.append(AuditFinding(kept.kind, kept.id, "kept build-cache record is gone"))
+        return tuple(findings)
+
+
+def _deleted(answer: list[dict], image_id: str) -> bool:
+    return any(isinstance(entry, dict) and entry.get("Deleted") == image_id for entry in answer or [])

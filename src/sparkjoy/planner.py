@@ -1,0 +1,453 @@
+"""The planner: snapshot + policy + remembered use + now -> a plan with a reason per object.
+
+Pure: no engine calls, no clock, no printing. The same inputs always give the same plan.
+
+Order of deletion (the executor follows it): stopped containers first, so they stop
+pinning their images; then images, children before parents; then build-cache records,
+children before parents; then volumes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Mapping
+
+from .model import BuildCacheRecord, Container, ContainerState, Image, Kind, Snapshot, Volume, repository_of
+from .policy import Policy, VolumeMode
+from .units import format_duration
+from .usage import LayerLedger, ObjectKey
+
+
+class Decision(str, Enum):
+    DELETE = "delete"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class PlannedObject:
+    kind: Kind
+    id: str
+    names: tuple[str, ...]
+    decision: Decision
+    reason: str
+    # Bytes this object's deletion is predicted to free (0 when kept).
+    bytes: int = 0
+    # Bytes of this image that build cache still holds: freed once that cache is pruned.
+    bytes_held_by_cache: int = 0
+    # The time the age was measured from, when there is one.
+    reference_time: datetime | None = None
+    # The object's own size as the engine reports it, for display.
+    size: int = 0
+    in_scope: bool = True
+
+    @property
+    def key(self) -> ObjectKey:
+        return (self.kind, self.id)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every object of the snapshot with its decision; ``deletions`` in execution order."""
+
+    objects: tuple[PlannedObject, ...]
+    now: datetime
+    policy: Policy
+    snapshot: Snapshot = field(repr=False, compare=False)
+
+    @property
+    def deletions(self) -> tuple[PlannedObject, ...]:
+        return tuple(o for o in self.objects if o.decision is Decision.DELETE)
+
+    @property
+    def kept(self) -> tuple[PlannedObject, ...]:
+        return tuple(o for o in self.objects if o.decision is Decision.KEEP)
+
+    @property
+    def predicted_bytes(self) -> int:
+        return sum(o.bytes for o in self.deletions)
+
+    @property
+    def held_by_cache_bytes(self) -> int:
+        return sum(o.bytes_held_by_cache for o in self.deletions)
+
+    def by_kind(self, kind: Kind) -> tuple[PlannedObject, ...]:
+        return tuple(o for o in self.objects if o.kind is kind)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What sparkjoy remembers about images, beyond what the engine reports.
+
+    ``last_used``: image id -> the last time a container of it was created, started or
+    stopped, or it was tagged, loaded, pulled or built. ``first_seen``: image id -> when
+    sparkjoy first saw it; used only when the engine gives no usable time at all.
+    """
+
+    last_used: Mapping[str, datetime] = field(default_factory=dict)
+    first_seen: Mapping[str, datetime] = field(default_factory=dict)
+
+
+EMPTY_MEMORY = Memory()
+
+
+def plan(snapshot: Snapshot, policy: Policy, memory: Memory = EMPTY_MEMORY, *, now: datetime) -> Plan:
+    """Given what the engine holds, the policy, what we remember and the time, decide every object."""
+    return _Planner(snapshot, policy, memory, now).run()
+
+
+def _age_phrase(now: datetime, when: datetime) -> str:
+    return format_duration(now - when) + " ago" if when <= now else "in the future"
+
+
+class _Planner:
+    def __init__(self, snapshot: Snapshot, policy: Policy, memory: Memory, now: datetime):
+        self.snapshot = snapshot
+        self.policy = policy
+        self.memory = memory
+        self.now = now
+        self.images_by_id = {image.id: image for image in snapshot.images}
+
+    def is_old(self, when: datetime) -> bool:
+        if self.policy.everything_old:
+            return True
+        return self.now - when > self.policy.max_age
+
+    def max_age_text(self) -> str:
+        if self.policy.everything_old:
+            return "negative max age: everything counts as old"
+        return f"max age {format_duration(self.policy.max_age)}"
+
+    def run(self) -> Plan:
+        containers = self.plan_containers()
+        removed_containers = {o.id for o in containers if o.decision is Decision.DELETE}
+        images = self.plan_images(removed_containers)
+        ledger = LayerLedger(self.snapshot)
+        images_deleted = {o.id for o in images if o.decision is Decision.DELETE}
+        cache = self.plan_build_cache(ledger, images_deleted)
+        volumes = self.plan_volumes(removed_containers)
+
+        ordered = containers + images + cache + volumes
+        deletion_order = [o.key for o in ordered if o.decision is Decision.DELETE]
+        freed = ledger.freed(deletion_order)
+        objects = tuple(
+            _with_bytes(o, freed.by_object.get(o.key, 0), freed.held_by_cache.get(o.key, 0))
+            if o.decision is Decision.DELETE
+            else o
+            for o in ordered
+        )
+        return Plan(objects=objects, now=self.now, policy=self.policy, snapshot=self.snapshot)
+
+    # -- containers -------------------------------------------------------------------
+
+    def container_scope_problem(self, container: Container) -> str | None:
+        if not self.policy.labels_match(container.labels):
+            return "out of scope: lacks label " + ", ".join(str(s) for s in self.policy.labels)
+        if self.policy.repos:
+            image = self.images_by_id.get(container.image_id)
+            tags = image.repo_tags if image else (container.image_ref,)
+            if not any(self.policy.repo_matches(repository_of(tag)) for tag in tags if tag):
+                return "out of scope: its image's repository does not match --repo"
+        return None
+
+    def plan_containers(self) -> list[PlannedObject]:
+        planned = []
+        for container in sorted(self.snapshot.containers, key=lambda c: c.id):
+            decision, reason, when = self.decide_container(container)
+            planned.append(
+                PlannedObject(
+                    kind=Kind.CONTAINER,
+                    id=container.id,
+                    names=container.names,
+                    decision=decision,
+                    reason=reason,
+                    reference_time=when,
+                    size=max(container.size_rw, 0),
+                    in_scope=not reason.startswith("out of scope"),
+                )
+            )
+        return planned
+
+    def decide_container(self, container: Container) -> tuple[Decision, str, datetime | None]:
+        scope_problem = self.container_scope_problem(container)
+        if scope_problem:
+            return Decision.KEEP, scope_problem, None
+        if not self.policy.containers:
+            return Decision.KEEP, "container pruning is off", None
+        if not container.state.stopped:
+            return Decision.KEEP, f"in use: {container.state.value}", None
+        if container.state is ContainerState.CREATED:
+            when, what = container.created, "created (never started)"
+        else:
+            when, what = container.finished, f"{container.state.value}, finished"
+        if when is None:
+            return Decision.KEEP, f"{container.state.value} with no usable timestamp: age unknown", None
+        phrase = f"{what} {_age_phrase(self.now, when)}"
+        if not self.is_old(when):
+            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
+        return Decision.DELETE, f"stopped: {phrase}, older than {self.max_age_text()}", when
+
+    # -- images -----------------------------------------------------------------------
+
+    def image_reference_time(self, image: Image) -> tuple[datetime | None, str]:
+        last_tag = image.last_tag_time
+        last_use = self.memory.last_used.get(image.id)
+        if last_tag and (last_use is None or last_tag >= last_use):
+            return last_tag, "last tagged"
+        if last_use:
+            return last_use, "last used"
+        first_seen = self.memory.first_seen.get(image.id)
+        if first_seen:
+            return first_seen, "first seen by sparkjoy"
+        return None, ""
+
+    def plan_images(self, removed_containers: set[str]) -> list[PlannedObject]:
+        pinned: dict[str, Container] = {}
+        for container in self.snapshot.containers:
+            if container.id not in removed_containers:
+                pinned.setdefault(container.image_id, container)
+
+        decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
+        candidates: list[tuple[Image, datetime]] = []
+        for image in self.snapshot.images:
+            problem = self.policy.image_in_scope(image)
+            when, what = self.image_reference_time(image)
+            if problem:
+                decisions[image.id] = (Decision.KEEP, problem, when)
+            elif not self.policy.images:
+                decisions[image.id] = (Decision.KEEP, "image pruning is off", when)
+            elif (excluded := self.policy.excluded_by(image)) is not None:
+                pattern, tag = excluded
+                decisions[image.id] = (Decision.KEEP, f"excluded: {tag} matches --exclude {pattern}", when)
+            elif image.id in pinned:
+                user = pinned[image.id]
+                name = user.names[0] if user.names else user.short_id
+                decisions[image.id] = (Decision.KEEP, f"in use by container {name} ({user.state.value})", when)
+            elif when is None:
+                decisions[image.id] = (
+                    Decision.KEEP,
+                    "age unknown: no last-tag time and never seen in use by sparkjoy",
+                    None,
+                )
+            elif not self.is_old(when):
+                phrase = f"{what} {_age_phrase(self.now, when)}"
+                decisions[image.id] = (Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when)
+            else:
+                candidates.append((image, when))
+                phrase = f"{what} {_age_phrase(self.now, when)}"
+                decisions[image.id] = (Decision.DELETE, f"old: {phrase}, older than {self.max_age_text()}", when)
+
+        self.keep_recent_per_repository(candidates, decisions)
+        self.keep_parents_of_kept(decisions)
+
+        depth = self.image_depths()
+        ordered = sorted(
+            self.snapshot.images,
+            key=lambda i: (
+                -depth[i.id],
+                decisions[i.id][2] or datetime.min.replace(tzinfo=self.now.tzinfo),
+                i.id,
+            ),
+        )
+        planned = []
+        for image in ordered:
+            decision, reason, when = decisions[image.id]
+            planned.append(
+                PlannedObject(
+                    kind=Kind.IMAGE,
+                    id=image.id,
+                    names=image.repo_tags,
+                    decision=decision,
+                    reason=reason,
+                    reference_time=when,
+                    size=image.size,
+                    in_scope=not reason.startswith("out of scope"),
+                )
+            )
+        return planned
+
+    def keep_recent_per_repository(
+        self, candidates: list[tuple[Image, datetime]], decisions: dict[str, tuple[Decision, str, datetime | None]]
+    ) -> None:
+        if self.policy.keep_recent <= 0:
+            return
+        by_repository: dict[str, list[tuple[Image, datetime]]] = defaultdict(list)
+        for image, when in candidates:
+            for repository in image.repositories:
+                by_repository[repository].append((image, when))
+        for repository, members in sorted(by_repository.items()):
+            members.sort(key=lambda pair: (pair[1], pair[0].id), reverse=True)
+            for rank, (image, when) in enumerate(members[: self.policy.keep_recent], start=1):
+                if decisions[image.id][0] is Decision.DELETE:
+                    decisions[image.id] = (
+                        Decision.KEEP,
+                        f"kept recent: #{rank} newest of repository {repository} (keep-recent {self.policy.keep_recent})",
+                        when,
+                    )
+
+    def keep_parents_of_kept(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
+        """An image whose child stays cannot be deleted (the engine refuses), so it stays too."""
+        children: dict[str, list[str]] = defaultdict(list)
+        for image in self.snapshot.images:
+            if image.parent_id:
+                children[image.parent_id].append(image.id)
+        changed = True
+        while changed:
+            changed = False
+            for parent_id, child_ids in children.items():
+                if parent_id not in decisions or decisions[parent_id][0] is not Decision.DELETE:
+                    continue
+                kept_child = next(
+                    (c for c in sorted(child_ids) if decisions.get(c, (Decision.KEEP,))[0] is Decision.KEEP), None
+                )
+                if kept_child:
+                    child = self.images_by_id[kept_child]
+                    label = child.repo_tags[0] if child.repo_tags else child.short_id
+                    decisions[parent_id] = (
+                        Decision.KEEP,
+                        f"parent of image {label}, which stays",
+                        decisions[parent_id][2],
+                    )
+                    changed = True
+
+    def image_depths(self) -> dict[str, int]:
+        depths: dict[str, int] = {}
+        for image in self.snapshot.images:
+            depth, seen, current = 0, {image.id}, image.parent_id
+            while current and current in self.images_by_id and current not in seen:
+                depth += 1
+                seen.add(current)
+                current = self.images_by_id[current].parent_id
+            depths[image.id] = depth
+        return depths
+
+    # -- build cache ------------------------------------------------------------------
+
+    def plan_build_cache(self, ledger: LayerLedger, images_deleted: set[str]) -> list[PlannedObject]:
+        records = {r.id: r for r in self.snapshot.build_cache}
+        holding = ledger.records_holding_images()
+        decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
+        for record in records.values():
+            decisions[record.id] = self.decide_record(record, holding.get(record.id))
+
+        # A record with a child that stays cannot be freed: BuildKit keeps parents of live records.
+        children: dict[str, list[str]] = defaultdict(list)
+        for record in records.values():
+            if record.parent:
+                children[record.parent].append(record.id)
+        changed = True
+        while changed:
+            changed = False
+            for parent, kids in children.items():
+                if parent in decisions and decisions[parent][0] is Decision.DELETE:
+                    if any(decisions.get(k, (Decision.KEEP,))[0] is Decision.KEEP for k in kids):
+                        decisions[parent] = (
+                            Decision.KEEP,
+                            "parent of a cache record that stays",
+                            decisions[parent][2],
+                        )
+                        changed = True
+
+        def depth(record: BuildCacheRecord) -> int:
+            d, seen, current = 0, {record.id}, record.parent
+            while current and current in records and current not in seen:
+                d += 1
+                seen.add(current)
+                current = records[current].parent
+            return d
+
+        ordered = sorted(records.values(), key=lambda r: (-depth(r), r.id))
+        return [
+            PlannedObject(
+                kind=Kind.BUILD_CACHE,
+                id=r.id,
+                names=(f"{r.type}: {r.description}" if r.description else r.type,),
+                decision=decisions[r.id][0],
+                reason=decisions[r.id][1],
+                reference_time=decisions[r.id][2],
+                size=max(r.size, 0),
+                in_scope=not decisions[r.id][1].startswith("out of scope"),
+            )
+            for r in ordered
+        ]
+
+    def decide_record(
+        self, record: BuildCacheRecord, holds_images: set[str] | None
+    ) -> tuple[Decision, str, datetime | None]:
+        if self.policy.scoped:
+            # Labels on build cache do not work, so a record belongs to the scope only when
+            # the layer it holds belongs to in-scope images alone.
+            if not holds_images:
+                return Decision.KEEP, "out of scope: not attributable to an image in scope", None
+            outside = [i for i in holds_images if self.policy.image_in_scope(self.images_by_id[i])]
+            if outside:
+                return Decision.KEEP, "out of scope: holds layers of images outside the scope", None
+        if not self.policy.build_cache:
+            return Decision.KEEP, "build-cache pruning is off", None
+        if record.in_use:
+            return Decision.KEEP, "in use by a running build", None
+        when = record.last_used or record.created
+        if when is None:
+            return Decision.KEEP, "no usable timestamp: age unknown", None
+        phrase = f"last used {_age_phrase(self.now, when)}"
+        if not self.is_old(when):
+            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
+        return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
+
+    # -- volumes ----------------------------------------------------------------------
+
+    def plan_volumes(self, removed_containers: set[str]) -> list[PlannedObject]:
+        users: dict[str, list[Container]] = defaultdict(list)
+        for container in self.snapshot.containers:
+            if container.id not in removed_containers:
+                for name in container.volumes:
+                    users[name].append(container)
+        planned = []
+        for volume in sorted(self.snapshot.volumes, key=lambda v: v.name):
+            decision, reason, when = self.decide_volume(volume, users.get(volume.name, []), removed_containers)
+            planned.append(
+                PlannedObject(
+                    kind=Kind.VOLUME,
+                    id=volume.name,
+                    names=(volume.name,),
+                    decision=decision,
+                    reason=reason,
+                    reference_time=when,
+                    size=max(volume.size, 0),
+                    in_scope=not reason.startswith("out of scope"),
+                )
+            )
+        return planned
+
+    def decide_volume(
+        self, volume: Volume, staying_users: list[Container], removed_containers: set[str]
+    ) -> tuple[Decision, str, datetime | None]:
+        if not self.policy.labels_match(volume.labels):
+            return Decision.KEEP, "out of scope: lacks label " + ", ".join(str(s) for s in self.policy.labels), None
+        if self.policy.repos:
+            return Decision.KEEP, "out of scope: volumes belong to no repository (--repo)", None
+        if self.policy.volumes is VolumeMode.NONE:
+            return Decision.KEEP, "volume pruning is off (use --volumes)", None
+        if staying_users:
+            name = staying_users[0].names[0] if staying_users[0].names else staying_users[0].short_id
+            return Decision.KEEP, f"in use by container {name}", None
+        removed_users = sum(
+            1 for c in self.snapshot.containers if c.id in removed_containers and volume.name in c.volumes
+        )
+        if volume.ref_count != 0 and volume.ref_count != removed_users:
+            return Decision.KEEP, "in use (the engine counts containers using it)", None
+        if self.policy.volumes is VolumeMode.ANONYMOUS and not volume.anonymous:
+            return Decision.KEEP, "named volume: pruned only with --volumes=all", None
+        when = volume.created
+        if when is None:
+            return Decision.KEEP, "no creation time: age unknown", None
+        phrase = f"created {_age_phrase(self.now, when)}"
+        if not self.is_old(when):
+            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
+        return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
+
+
+def _with_bytes(planned: PlannedObject, freed: int, held: int) -> PlannedObject:
+    return replace(planned, bytes=freed, bytes_held_by_cache=held)

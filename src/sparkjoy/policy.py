@@ -1,0 +1,126 @@
+"""The pruning policy: what may go, checked once when it is built.
+
+A ``Policy`` is plain data. It validates its own invariants in ``__post_init__`` so a
+policy that exists is a policy that makes sense; the config layer turns files, the
+environment and flags into one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import Mapping
+
+from .errors import ConfigError
+from .model import Image, repository_of
+
+
+class VolumeMode(str, Enum):
+    NONE = "none"  # volumes are never pruned (the default)
+    ANONYMOUS = "anonymous"  # unused anonymous volumes older than the max age
+    ALL = "all"  # unused volumes, named ones too, older than the max age
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """``KEY`` (the label is present) or ``KEY=VALUE`` (present with that value)."""
+
+    key: str
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelSelector":
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not key:
+            raise ValueError(f"invalid label selector {text!r}: use KEY or KEY=VALUE")
+        return cls(key, value if sep else None)
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        if not labels or self.key not in labels:
+            return False
+        return self.value is None or labels[self.key] == self.value
+
+    def __str__(self) -> str:
+        return self.key if self.value is None else f"{self.key}={self.value}"
+
+
+def _compile_glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a prune may remove.
+
+    ``max_age``: an object is old when its reference time (last tag or last use for images,
+    finish time for containers, last use for build cache, creation for volumes) is older.
+    Negative means everything counts as old.
+    ``keep_recent``: among old tagged images, the N newest per repository stay.
+    ``labels``: every selector must match (scope). ``repos``: any glob matches a repository (scope).
+    ``exclude``: any glob matching any ``repo:tag`` of an image protects it.
+    """
+
+    max_age: timedelta = timedelta(hours=6)
+    keep_recent: int = 2
+    labels: tuple[LabelSelector, ...] = ()
+    repos: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    containers: bool = True
+    images: bool = True
+    build_cache: bool = True
+    volumes: VolumeMode = VolumeMode.NONE
+    _repo_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+    _exclude_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.max_age, timedelta):
+            problems.append(f"max_age must be a duration, got {self.max_age!r}")
+        if isinstance(self.keep_recent, bool) or not isinstance(self.keep_recent, int) or self.keep_recent < 0:
+            problems.append(f"keep_recent must be a whole number >= 0, got {self.keep_recent!r}")
+        for pattern in (*self.repos, *self.exclude):
+            if not isinstance(pattern, str) or not pattern.strip():
+                problems.append(f"empty or invalid pattern {pattern!r} in repos/exclude")
+        if problems:
+            raise ConfigError(problems)
+        object.__setattr__(self, "_repo_patterns", tuple(_compile_glob(p) for p in self.repos))
+        object.__setattr__(self, "_exclude_patterns", tuple(_compile_glob(p) for p in self.exclude))
+
+    @property
+    def everything_old(self) -> bool:
+        return self.max_age < timedelta(0)
+
+    @property
+    def scoped(self) -> bool:
+        """True when the scope is narrower than the whole engine."""
+        return bool(self.labels or self.repos)
+
+    def labels_match(self, labels: Mapping[str, str] | None) -> bool:
+        return all(selector.matches(labels) for selector in self.labels)
+
+    def repo_matches(self, repository: str) -> bool:
+        return not self._repo_patterns or any(p.fullmatch(repository) for p in self._repo_patterns)
+
+    def image_in_scope(self, image: Image) -> str | None:
+        """Given an image, return None when it is in scope, else the reason it is not."""
+        if not self.labels_match(image.labels):
+            wanted = ", ".join(str(s) for s in self.labels)
+            return f"out of scope: lacks label {wanted}"
+        if self._repo_patterns:
+            if image.dangling:
+                return "out of scope: untagged, so in no repository matching --repo"
+            if not any(self.repo_matches(repository_of(tag)) for tag in image.repo_tags):
+                return "out of scope: repository does not match --repo " + " ".join(self.repos)
+        return None
+
+    def excluded_by(self, image: Image) -> tuple[str, str] | None:
+        """Given an image, return ``(pattern, tag)`` of the first exclusion that protects it."""
+        for tag in image.repo_tags:
+            for pattern, compiled in zip(self.exclude, self._exclude_patterns):
+                if compiled.fullmatch(tag):
+                    return pattern, tag
+        return None

@@ -1,0 +1,193 @@
+"""Size accounting: which bytes a set of deletions really frees.
+
+Docker stores each image layer once, however many images use it, and BuildKit's cache
+records can hold the very same layers. Summing image sizes therefore over-counts, and
+deleting an image whose layers a cache record still holds frees nothing until that
+record goes too. This module models every byte with the set of objects holding it:
+
+- each layer (by chain ID) is held by the images that contain it and by the build-cache
+  records whose snapshot it is;
+- an unshared build-cache record, a container's writable layer and a volume hold their
+  own bytes alone.
+
+Bytes are freed when every holder is deleted. ``LayerLedger.freed`` answers "if these
+objects are deleted, in this order, which bytes go, and which object frees them?".
+
+Matching cache records to layers: the engine's API does not say which layer a record
+holds. A shared record's ``Size`` equals the size of the layer it holds (observed on
+Engine 20.10, where both come from the same diff), so a shared record is matched to a
+layer of equal size, preferring the layer whose parent is held by the record's parent.
+A shared record that matches no layer is treated as sharing its bytes with something
+that stays: it is predicted to free nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from .model import BuildCacheRecord, Image, Kind, Snapshot
+
+ObjectKey = tuple[Kind, str]
+
+
+def engine_usage(snapshot: Snapshot) -> int:
+    """Given a snapshot, return the bytes the engine uses on disk, each byte once.
+
+    Image layers once each (the engine's own ``LayersSize``), build-cache records that share
+    nothing with an image, containers' writable layers, and volumes of known size.
+    Comparing this figure before and after a prune measures what the prune reclaimed.
+    """
+    cache = sum(r.size for r in snapshot.build_cache if not r.shared and r.size > 0)
+    containers = sum(c.size_rw for c in snapshot.containers if c.size_rw > 0)
+    volumes = sum(v.size for v in snapshot.volumes if v.size > 0)
+    return snapshot.layers_size + cache + containers + volumes
+
+
+@dataclass(frozen=True)
+class Freed:
+    """What deleting a set of objects frees.
+
+    ``by_object``: bytes freed now, attributed to the object whose deletion frees them
+    (the last of their holders to go). ``held_by_cache``: bytes of deleted images that a
+    build-cache record outside the deletion set still holds, per image.
+    """
+
+    by_object: dict[ObjectKey, int] = field(default_factory=dict)
+    held_by_cache: dict[ObjectKey, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_object.values())
+
+    @property
+    def total_held_by_cache(self) -> int:
+        return sum(self.held_by_cache.values())
+
+
+@dataclass
+class _Holding:
+    size: int
+    holders: set[ObjectKey]
+
+
+class LayerLedger:
+    """Every byte of a snapshot with the objects that hold it. Built once per snapshot."""
+
+    def __init__(self, snapshot: Snapshot):
+        self._holdings: list[_Holding] = []
+        self.record_layer: dict[str, str] = {}  # build-cache record id -> chain id it holds
+        self._layer_images: dict[str, set[str]] = defaultdict(set)
+        layer_size: dict[str, int] = {}
+        layer_parent: dict[str, str] = {}
+
+        for image in snapshot.images:
+            key = (Kind.IMAGE, image.id)
+            if image.layers:
+                previous = ""
+                for layer in image.layers:
+                    layer_size.setdefault(layer.chain_id, layer.size)
+                    layer_parent.setdefault(layer.chain_id, previous)
+                    self._layer_images[layer.chain_id].add(image.id)
+                    previous = layer.chain_id
+            else:
+                # Without layer detail the engine's own split is the best we have: the unique
+                # part is this image's alone; the shared part is held by something else too, so
+                # it is never predicted as freed.
+                unique = max(image.size - max(image.shared_size, 0), 0)
+                if unique:
+                    self._holdings.append(_Holding(unique, {key}))
+
+        self.record_layer = _match_records(snapshot.build_cache, layer_size, layer_parent)
+        layer_records: dict[str, set[str]] = defaultdict(set)
+        for record_id, chain_id in self.record_layer.items():
+            layer_records[chain_id].add(record_id)
+
+        for chain_id, size in layer_size.items():
+            if size <= 0:
+                continue
+            holders = {(Kind.IMAGE, image_id) for image_id in self._layer_images[chain_id]}
+            holders |= {(Kind.BUILD_CACHE, rid) for rid in layer_records.get(chain_id, ())}
+            self._holdings.append(_Holding(size, holders))
+
+        for record in snapshot.build_cache:
+            if record.size > 0 and not record.shared:
+                self._holdings.append(_Holding(record.size, {(Kind.BUILD_CACHE, record.id)}))
+            # A shared record without a matching layer shares its bytes with something we
+            # cannot see: deleting it is predicted to free nothing.
+        for container in snapshot.containers:
+            if container.size_rw > 0:
+                self._holdings.append(_Holding(container.size_rw, {(Kind.CONTAINER, container.id)}))
+        for volume in snapshot.volumes:
+            if volume.size > 0:
+                self._holdings.append(_Holding(volume.size, {(Kind.VOLUME, volume.name)}))
+
+    def records_holding_images(self) -> dict[str, set[str]]:
+        """Given the ledger, return build-cache record id -> ids of images containing its layer."""
+        return {rid: set(self._layer_images.get(chain, ())) for rid, chain in self.record_layer.items()}
+
+    def freed(self, deletions: Sequence[ObjectKey]) -> Freed:
+        """Given the objects to delete in execution order, return the bytes each frees.
+
+        A byte is freed by the last of its holders to be deleted; a byte whose holders all
+        go except build-cache records is reported as held by cache, on the last image.
+        """
+        position = {key: index for index, key in enumerate(deletions)}
+        by_object: dict[ObjectKey, int] = {key: 0 for key in deletions}
+        held: dict[ObjectKey, int] = {}
+        for holding in self._holdings:
+            if not holding.holders:
+                continue
+            staying = [h for h in holding.holders if h not in position]
+            if not staying:
+                last = max(holding.holders, key=position.__getitem__)
+                by_object[last] += holding.size
+            elif all(kind is Kind.BUILD_CACHE for kind, _ in staying):
+                going_images = [h for h in holding.holders if h in position and h[0] is Kind.IMAGE]
+                if going_images:
+                    last = max(going_images, key=position.__getitem__)
+                    held[last] = held.get(last, 0) + holding.size
+        return Freed(by_object, held)
+
+    def unique_bytes(self) -> dict[ObjectKey, int]:
+        """Given the ledger, return object -> bytes it holds alone (what deleting just it would free)."""
+        unique: dict[ObjectKey, int] = defaultdict(int)
+        for holding in self._holdings:
+            if len(holding.holders) == 1:
+                (holder,) = holding.holders
+                unique[holder] += holding.size
+        return dict(unique)
+
+
+def _match_records(
+    records: Iterable[BuildCacheRecord], layer_size: dict[str, int], layer_parent: dict[str, str]
+) -> dict[str, str]:
+    """Given build-cache records and image layers, return record id -> chain id of the layer it holds."""
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for chain_id, size in layer_size.items():
+        if size > 0:
+            by_size[size].append(chain_id)
+    for candidates in by_size.values():
+        candidates.sort()
+
+    shared = {r.id: r for r in records if r.shared and r.size > 0}
+    matched: dict[str, str] = {}
+
+    def match(record: BuildCacheRecord, visiting: set[str]) -> str | None:
+        if record.id in matched:
+            return matched[record.id]
+        candidates = by_size.get(record.size, [])
+        if not candidates:
+            return None
+        if len(candidates) > 1 and record.parent in shared and record.parent not in visiting:
+            parent_layer = match(shared[record.parent], visiting | {record.id})
+            preferred = [c for c in candidates if parent_layer and layer_parent.get(c) == parent_layer]
+            if preferred:
+                candidates = preferred
+        matched[record.id] = candidates[0]
+        return candidates[0]
+
+    for record in sorted(shared.values(), key=lambda r: r.id):
+        match(record, set())
+    return matched
