@@ -264,3 +264,7 @@ def run() -> None:  # pragma: no cover - console entry point wrapper
 
 
 
+
+
+# Commands of the long-running service live in their own module and register on `main`.
+from . import cli_daemon  # noqa: E402,F401
