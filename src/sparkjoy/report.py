@@ -22,6 +22,12 @@ KIND_TITLES = {
     Kind.VOLUME: "Local volumes",
 }
 DF_ORDER = (Kind.IMAGE, Kind.BUILD_CACHE, Kind.CONTAINER, Kind.VOLUME)
+COUNT_NOUNS = {  # "Removed: 1 container, 4 images, 36 build-cache records"
+    Kind.IMAGE: ("image", "images"),
+    Kind.BUILD_CACHE: ("build-cache record", "build-cache records"),
+    Kind.CONTAINER: ("container", "containers"),
+    Kind.VOLUME: ("volume", "volumes"),
+}
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -273,7 +279,7 @@ def render_result(result: RunResult, verbose: bool = False) -> str:
     for kind in (Kind.CONTAINER, Kind.IMAGE, Kind.BUILD_CACHE, Kind.VOLUME):
         n = result.count(kind)
         if n:
-            counts.append(f"{n} {KIND_TITLES[kind].lower()}")
+            counts.append(f"{n} {COUNT_NOUNS[kind][0 if n == 1 else 1]}")
     out.append("\nRemoved: " + (", ".join(counts) if counts else "nothing"))
     kept = [r for r in result.results if r.outcome is Outcome.KEPT]
     if kept:
