@@ -189,9 +189,15 @@ def prune(**params: Any) -> None:
         return
 
     if not plan.deletions:
-        if as_json:
-            result = Executor(engine).execute(plan)
-            click.echo(report.dumps(report.result_json(result)))
+        if as_json or params["audit"]:
+            # --audit holds even when there is nothing to delete: the kept objects are checked.
+            result = Executor(engine, audit=params["audit"]).execute(plan)
+            if as_json:
+                click.echo(report.dumps(report.result_json(result)))
+            elif not params["quiet"]:
+                click.echo(report.render_result(result, verbose=params["verbose"]))
+            if not result.ok:
+                sys.exit(int(ExitCode.FAILED))
         elif not params["quiet"]:
             click.echo(report.render_plan(plan, verbose=params["verbose"]))
             click.echo("Total reclaimed space: 0B")
