@@ -7,6 +7,7 @@ by sleeping. Every real prune runs with the audit on and asserts it is clean.
 
 from __future__ import annotations
 
+import os
 from contextlib import closing
 from datetime import timedelta
 
@@ -17,21 +18,36 @@ from sparkjoy.executor import Outcome
 from sparkjoy.model import Kind
 from sparkjoy.planner import Decision
 
-from tests.fixtures import busybox_layer, import_image, load_image, make_layer, run_container
+from tests.fixtures import (
+    BUSYBOX_BASE,
+    build,
+    busybox_layer,
+    import_image,
+    load_image,
+    make_layer,
+    run_container,
+    start_build,
+    wait_until,
+)
 from tests.integration.support import (
     EVERYTHING_OLD,
+    build_cache,
+    cli,
     cli_prune,
     execute,
     image_events,
     inspect_container,
     inspect_image,
+    iso,
     json_ids,
     json_object,
     make_plan,
     obj,
+    outcome_ids,
     parse_engine_time,
     policy,
-    result_of,
+    remove_image_by_hand,
+    sj,
     tag,
     tags_of,
     utcnow,
@@ -305,3 +321,139 @@ def test_i_scope_project_p1_with_exclusion_redis_deletes_only_p1s_old_images(cle
 def _ids_with_tag(engine, name: str) -> list[str]:
     with closing(engine.client()) as client:
         return [client.api.inspect_image(name)["Id"]]
+
+
+# -- f --------------------------------------------------------------------------------------
+
+
+def _disk_total(engine) -> int:
+    stats = os.statvfs(engine.data_root)
+    return stats.f_blocks * stats.f_frsize
+
+
+def _family(engine, container_state: str) -> dict[str, str]:
+    """A 50 MB base, a child adding only a label, a child adding a 1 MB file, a container of the latter."""
+    base_layers = [busybox_layer(), make_layer(50 * MB)]
+    ids = {
+        "base": load_image(engine, base_layers, "base:1"),
+        "label-child": load_image(engine, base_layers, "label-child:1", labels={"only": "a label"}),
+        "file-child": load_image(engine, [*base_layers, make_layer(MB)], "file-child:1"),
+    }
+    ids["container"] = run_container(engine, ids["file-child"], state=container_state)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("container_state", "exclude", "deleted"),
+    [
+        ("running", ("base:*",), {"label-child"}),
+        ("running", ("label-child:*",), {"base"}),
+        ("running", (), {"base", "label-child"}),
+        ("exited", ("base:*", "label-child:*"), {"container", "file-child"}),
+        ("exited", ("base:*",), {"container", "file-child", "label-child"}),
+        ("exited", (), {"container", "file-child", "label-child", "base"}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "-".join(sorted(value)) or "none",
+)
+def test_f_for_any_subset_of_a_shared_base_family_the_predicted_bytes_are_the_measured_bytes(
+        clean_engine, container_state, exclude, deleted):
+    engine = clean_engine
+    ids = _family(engine, container_state)
+    pol = policy(max_age=EVERYTHING_OLD, keep_recent=0, exclude=exclude)
+
+    the_plan = make_plan(engine, pol)
+    assert {o.id for o in the_plan.deletions} == {ids[name] for name in deleted}
+    usage_before = sj(engine).usage()
+    for planned in the_plan.objects:
+        assert 0 <= planned.bytes <= usage_before, planned
+    assert 0 <= the_plan.predicted_bytes <= usage_before <= _disk_total(engine)
+    if "file-child" not in deleted:
+        # The label child shares every layer: deleting it (and the base) frees nothing.
+        assert the_plan.predicted_bytes == 0
+        assert obj(the_plan, ids["label-child"]).bytes == 0
+    result = execute(engine, the_plan)
+
+    assert outcome_ids(result) == {ids[name] for name in deleted}
+    assert 0 <= result.reclaimed_bytes <= usage_before
+    assert result.reclaimed_bytes == pytest.approx(the_plan.predicted_bytes, abs=MB // 100)
+
+
+def test_f_deleting_the_child_that_adds_only_a_label_frees_zero_bytes_through_the_cli(clean_engine):
+    engine = clean_engine
+    ids = _family(engine, "running")
+
+    dry = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", "--exclude", "base:*", dry_run=True)
+    assert json_ids(dry, decision="delete") == {ids["label-child"]}
+    assert json_object(dry, ids["label-child"])["bytes"] == 0
+    assert dry["predicted_bytes"] == 0
+
+    real = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", "--exclude", "base:*")
+    assert json_ids(real, result="deleted") == {ids["label-child"]}
+    assert real["reclaimed_bytes"] == 0
+    assert all(o["bytes"] >= 0 for o in real["objects"])
+
+
+# -- g --------------------------------------------------------------------------------------
+
+
+def test_g_a_buildkit_image_deleted_by_hand_frees_about_nothing_and_its_50_mb_wait_in_build_cache(clean_engine):
+    engine = clean_engine
+    image_id = build(engine, "FROM scratch\nCOPY big.bin /big.bin\n", "big:1",
+                     files={"big.bin": os.urandom(50 * MB)})
+
+    # What deleting the image alone would do: about nothing now, 50 MB held by the cache.
+    dry = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", "--no-build-cache", dry_run=True)
+    planned = json_object(dry, image_id)
+    assert planned["decision"] == "delete"
+    assert planned["bytes"] < MB // 10
+    assert planned["bytes_held_by_cache"] == pytest.approx(50 * MB, rel=0.01)
+
+    # The user deletes it by hand: the engine's usage barely moves.
+    before = sj(engine).usage()
+    remove_image_by_hand(engine, "big:1")
+    assert tags_of(engine, image_id) is None
+    assert before - sj(engine).usage() < MB // 10
+
+    # sparkjoy df: the 50 MB now sit in build cache, reclaimable by a prune that includes it.
+    as_of = utcnow() + timedelta(days=1)
+    df = cli(engine, "df", "--as-of", iso(as_of))
+    [cache] = [s for s in df["summary"] if s["kind"] == "build-cache"]
+    assert cache["bytes"] >= 50 * MB
+    assert cache["reclaimable_bytes"] == cache["bytes"]
+
+    real = cli_prune(engine, as_of=as_of)
+    assert real["reclaimed_bytes"] >= 50 * MB
+    assert real["reclaimed_bytes"] == pytest.approx(real["predicted_bytes"], rel=0.02)
+    assert real["reclaimed_bytes"] == pytest.approx(cache["bytes"], rel=0.02)
+    assert build_cache(engine) == []
+
+
+# -- h --------------------------------------------------------------------------------------
+
+
+def test_h_a_prune_with_build_cache_during_a_buildkit_build_neither_deletes_its_records_nor_breaks_it(
+        clean_engine):
+    engine = clean_engine
+    # An earlier build leaves cache the running build reuses (the busybox steps) and
+    # cache of its own that the prune may take.
+    earlier = build(engine, BUSYBOX_BASE + "RUN echo earlier > /earlier\n", "earlier:1")
+
+    with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo later > /later\n", "later:1",
+                     files={"marker": b"later"}) as running:
+        in_use = wait_until(
+            lambda: {r["ID"] for r in build_cache(engine) if r.get("InUse")},
+            timeout=60, what="the build's cache records to be in use")
+        as_of = utcnow() + timedelta(days=1)
+        data = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", as_of=as_of)
+        assert running.running, "the build finished before the prune: the test proves nothing"
+        for record_id in in_use:
+            entry = json_object(data, record_id)
+            assert entry["decision"] == "keep", entry
+            assert entry["reason"] == "in use by a running build"
+        still_there = {r["ID"] for r in build_cache(engine)}
+        assert in_use <= still_there
+        assert json_ids(data, kind="build-cache", result="deleted"), "the prune deleted no cache at all"
+        assert json_object(data, earlier)["result"] == "deleted"
+
+        later = running.wait(timeout=120)
+    assert tags_of(engine, later) == {"later:1"}
