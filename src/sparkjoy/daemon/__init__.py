@@ -2,5 +2,16 @@
 
 ``metrics`` (the Prometheus registry) and ``http`` (``/healthz``, ``/readyz``, ``/metrics``
 and the build-notification endpoints) are leaves: they know nothing of the loop, which
-calls into them.
+calls into them. ``triggers`` (when to prune) and ``watermarks`` (what to evict under disk
+pressure) are pure; ``events`` learns from the engine's event stream; ``supervisor`` is the
+loop; ``client`` is the library API for dev tools::
+
+    from sparkjoy.daemon import Client
+
+    with Client().build("myapp"):
+        ...  # run the build; the daemon does not prune meanwhile
 """
+
+from .client import Client, DaemonUnavailable
+
+__all__ = ["Client", "DaemonUnavailable"]

@@ -1,0 +1,294 @@
+"""What the daemon remembers between runs, in an embedded SQLite database.
+
+Per engine (rows are keyed by the engine's address, so one file can serve several
+daemons): when each image was first seen and last used, the time of the last engine
+event read (to replay what was missed on reconnect), and the last prune (time and the
+build count at that moment).
+
+Every write is one transaction, so a crash leaves the previous state, never half of a
+new one. A database that cannot be read (corrupt, not a database, wrong schema) is
+reported with a warning, moved aside as ``<name>.corrupt-<time>`` and started afresh:
+forgetting last-use times is safe, because an image never seen is treated as first
+seen now (see ``ensure_seen``), so a fresh start never turns into a purge. When the
+file cannot even be created (read-only directory, permissions), the state lives in
+memory for this run, with a warning; the daemon keeps working either way.
+
+Default location: ``$XDG_STATE_HOME/sparkjoy/state.db`` (``~/.local/state/sparkjoy/state.db``),
+or ``/var/lib/sparkjoy/state.db`` when running as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .planner import Memory
+
+log = logging.getLogger("sparkjoy.state")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    engine TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    first_seen REAL NOT NULL,   -- unix seconds
+    last_used REAL,             -- unix seconds, NULL when never seen in use
+    PRIMARY KEY (engine, image_id)
+);
+CREATE TABLE IF NOT EXISTS engines (
+    engine TEXT PRIMARY KEY,
+    last_event_nanos INTEGER,   -- the engine's timeNano of the last event read
+    last_prune REAL,            -- unix seconds
+    builds_seen INTEGER NOT NULL DEFAULT 0,
+    builds_at_last_prune INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def default_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Given the environment, return where the state database lives by default."""
+    environ = os.environ if environ is None else environ
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not environ.get("XDG_STATE_HOME"):
+        return Path("/var/lib/sparkjoy/state.db")
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME") or "~").expanduser() / ".local" / "state")
+    return Path(base) / "sparkjoy" / "state.db"
+
+
+def _seconds(when: datetime) -> float:
+    return when.timestamp()
+
+
+def _time(seconds: float | None) -> datetime | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class PruneMark:
+    """The last prune: when, and the engine's build count at that moment."""
+
+    when: datetime | None
+    builds_seen: int
+    builds_at_last_prune: int
+
+
+class State:
+    """The daemon's memory of one engine. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path | None, engine: str, connection: sqlite3.Connection, persistent: bool):
+        self.path = path
+        self.engine = engine
+        self.persistent = persistent
+        self._db = connection
+        self._lock = threading.RLock()
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None, engine: str) -> "State":
+        """Given a database path (None: in memory) and the engine's address, open or create the state.
+
+        Never raises for a bad file: a corrupt one is moved aside and rebuilt, an unwritable
+        location falls back to memory; both with a warning.
+        """
+        if path is None:
+            return cls(None, engine, _connect(":memory:"), persistent=False)
+        db_path = Path(path)
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            return cls(db_path, engine, _connect(str(db_path)), persistent=True)
+        except sqlite3.DatabaseError as error:
+            if _is_unopenable(error, db_path):
+                return cls._in_memory(db_path, engine, error)
+            moved = _move_aside(db_path)
+            log.warning(
+                "state database %s is unreadable (%s); moved it to %s and starting with fresh state "
+                "(images not seen before count as first seen now, so nothing becomes old because of this)",
+                db_path, error, moved or "(could not move it)",
+            )
+            try:
+                return cls(db_path, engine, _connect(str(db_path)), persistent=True)
+            except (sqlite3.DatabaseError, OSError) as second:
+                return cls._in_memory(db_path, engine, second)
+        except OSError as error:
+            return cls._in_memory(db_path, engine, error)
+
+    @classmethod
+    def _in_memory(cls, db_path: Path, engine: str, error: BaseException) -> "State":
+        log.warning(
+            "cannot use state database %s (%s); keeping state in memory for this run only. "
+            "Fix: make its directory writable or set [daemon] state_db", db_path, error,
+        )
+        return cls(None, engine, _connect(":memory:"), persistent=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- images -------------------------------------------------------------------------
+
+    def memory(self) -> Memory:
+        """Given what is stored, return the planner's view: last use and first sighting per image."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT image_id, first_seen, last_used FROM images WHERE engine = ?", (self.engine,)
+            ).fetchall()
+        last_used = {image_id: _time(used) for image_id, _, used in rows if used is not None}
+        first_seen = {image_id: _time(seen) for image_id, seen, _ in rows}
+        return Memory(last_used=last_used, first_seen=first_seen)
+
+    def record_uses(self, uses: Mapping[str, datetime], now: datetime) -> None:
+        """Given image id -> a time it was used, keep the latest use of each (one transaction)."""
+        if not uses:
+            return
+        with self._lock, self._db:
+            for image_id, when in uses.items():
+                self._db.execute(
+                    "INSERT INTO images (engine, image_id, first_seen, last_used) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (engine, image_id) DO UPDATE SET last_used = "
+                    "MAX(COALESCE(last_used, excluded.last_used), excluded.last_used)",
+                    (self.engine, image_id, _seconds(min(when, now)), _seconds(when)),
+                )
+
+    def ensure_seen(self, image_ids: Iterable[str], now: datetime) -> int:
+        """Record ``now`` as first sighting of each image not seen before; return how many were new."""
+        with self._lock, self._db:
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO images (engine, image_id, first_seen) VALUES (?, ?, ?)",
+                [(self.engine, image_id, _seconds(now)) for image_id in image_ids],
+            )
+            return self._db.total_changes - before
+
+    def forget_except(self, image_ids: Iterable[str]) -> int:
+        """Drop rows of images the engine no longer has (given every id it has); return how many."""
+        keep = set(image_ids)
+        with self._lock, self._db:
+            stored = [row[0] for row in self._db.execute(
+                "SELECT image_id FROM images WHERE engine = ?", (self.engine,))]
+            gone = [(self.engine, image_id) for image_id in stored if image_id not in keep]
+            self._db.executemany("DELETE FROM images WHERE engine = ? AND image_id = ?", gone)
+        return len(gone)
+
+    # -- events and prunes --------------------------------------------------------------
+
+    def _engine_row(self) -> tuple[int | None, float | None, int, int]:
+        row = self._db.execute(
+            "SELECT last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines WHERE engine = ?",
+            (self.engine,),
+        ).fetchone()
+        return row if row else (None, None, 0, 0)
+
+    def _ensure_engine_row(self) -> None:
+        self._db.execute("INSERT OR IGNORE INTO engines (engine) VALUES (?)", (self.engine,))
+
+    @property
+    def last_event_nanos(self) -> int | None:
+        """The engine's ``timeNano`` of the last event read, to resume the stream after it."""
+        with self._lock:
+            return self._engine_row()[0]
+
+    def record_events(self, uses: Mapping[str, datetime], builds: int, last_event_nanos: int | None,
+                      now: datetime) -> None:
+        """Given what a batch of events taught, save it all in one transaction."""
+        with self._lock, self._db:
+            self._ensure_engine_row()
+            for image_id, when in uses.items():
+                self._db.execute(
+                    "INSERT INTO images (engine, image_id, first_seen, last_used) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (engine, image_id) DO UPDATE SET last_used = "
+                    "MAX(COALESCE(last_used, excluded.last_used), excluded.last_used)",
+                    (self.engine, image_id, _seconds(min(when, now)), _seconds(when)),
+                )
+            if builds:
+                self._db.execute("UPDATE engines SET builds_seen = builds_seen + ? WHERE engine = ?",
+                                 (builds, self.engine))
+            if last_event_nanos is not None:
+                self._db.execute(
+                    "UPDATE engines SET last_event_nanos = MAX(COALESCE(last_event_nanos, 0), ?) WHERE engine = ?",
+                    (last_event_nanos, self.engine),
+                )
+
+    def prune_mark(self) -> PruneMark:
+        with self._lock:
+            _, last_prune, builds_seen, at_prune = self._engine_row()
+        return PruneMark(_time(last_prune), builds_seen, at_prune)
+
+    def record_prune(self, when: datetime) -> None:
+        """Remember a prune: its time, and the build count it covered."""
+        with self._lock, self._db:
+            self._ensure_engine_row()
+            self._db.execute(
+                "UPDATE engines SET last_prune = ?, builds_at_last_prune = builds_seen WHERE engine = ?",
+                (_seconds(when), self.engine),
+            )
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    # check_same_thread=False: the State serialises access with its own lock.
+    connection = sqlite3.connect(target, timeout=10, check_same_thread=False, isolation_level=None)
+    try:
+        connection.isolation_level = "DEFERRED"  # `with connection:` commits or rolls back
+        # quick_check reads every page: a damaged file is found now, not in the middle of a run.
+        result = connection.execute("PRAGMA quick_check").fetchone()
+        if not result or result[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result[0] if result else 'no answer'}")
+        if target != ":memory:":
+            connection.execute("PRAGMA journal_mode=WAL")
+        with connection:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                connection.execute(statement)
+            stored = connection.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            if stored is None:
+                connection.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
+                                   (str(SCHEMA_VERSION),))
+            elif stored[0] != str(SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {stored[0]}, expected {SCHEMA_VERSION}")
+            # A table from another program with our names but other columns is caught here.
+            connection.execute("SELECT engine, image_id, first_seen, last_used FROM images LIMIT 1").fetchall()
+            connection.execute(
+                "SELECT engine, last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines LIMIT 1"
+            ).fetchall()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_unopenable(error: sqlite3.DatabaseError, path: Path) -> bool:
+    """True when the file could not be opened or written at all (permissions), as opposed to bad content."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return True
+    return path.exists() and not os.access(path, os.R_OK | os.W_OK)
+
+
+def _move_aside(path: Path) -> Path | None:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        os.replace(path, target)
+    except OSError:
+        try:
+            path.unlink()
+        except OSError:
+            return None
+        return None
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.replace(f"{path}{suffix}", f"{target}{suffix}")
+        except OSError:
+            pass
+    return target
