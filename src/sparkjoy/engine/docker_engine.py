@@ -8,6 +8,7 @@ small thread pool. Image history, which never changes for an image ID, is cached
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
@@ -17,7 +18,7 @@ import docker.errors
 import requests
 
 from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
-from ..model import Container, ContainerState, Snapshot
+from ..model import Container, ContainerState, Image, Snapshot
 from . import convert
 from .base import ImageState
 from .connect import Connection, resolve
@@ -147,6 +148,7 @@ class DockerEngine:
         with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
             images = tuple(i for i in pool.map(read_image, image_entries) if i is not None)
             containers = tuple(c for c in pool.map(read_container, container_entries) if c is not None)
+        images = self._with_listed_parents(images)
 
         version = self._call("read engine version", self.api.version)
         return Snapshot(
@@ -159,6 +161,44 @@ class DockerEngine:
             api_version=convert.as_str(self.api.api_version),
             engine_version=convert.as_str(version.get("Version")) if isinstance(version, dict) else "",
             build_cache_supported=build_cache_supported,
+        )
+
+    def _with_listed_parents(self, images: tuple[Image, ...]) -> tuple[Image, ...]:
+        """Point each image's parent at its nearest ancestor among the listed images.
+
+        The classic builder chains an image to its base through intermediate images that
+        ``/system/df`` does not list. Without this, the planner cannot see that a base has a
+        child that stays: it would untag the base, and the engine would then refuse to delete it.
+        """
+        listed = {image.id for image in images}
+        nearest: dict[str, str] = {}  # unlisted image id -> listed ancestor id, or ""
+
+        def listed_ancestor(parent_id: str) -> str:
+            chain: list[str] = []
+            current = parent_id
+            while current and current not in listed:
+                if current in nearest:
+                    current = nearest[current]
+                    break
+                if current in chain:  # a loop in the engine's answers: no usable ancestor
+                    current = ""
+                    break
+                chain.append(current)
+                try:
+                    inspect = self._call(f"inspect image {current}", lambda c=current: self.api.inspect_image(c))
+                except EngineNotFound:
+                    current = ""
+                    break
+                current = convert.as_str(inspect.get("Parent")) if isinstance(inspect, dict) else ""
+            for hidden in chain:
+                nearest[hidden] = current
+            return current
+
+        return tuple(
+            replace(image, parent_id=listed_ancestor(image.parent_id))
+            if image.parent_id and image.parent_id not in listed
+            else image
+            for image in images
         )
 
     def _history(self, image_id: str) -> Any:
