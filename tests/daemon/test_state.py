@@ -1,0 +1,146 @@
+"""The daemon's SQLite memory: it survives a reopen, and a bad file means a warning and a fresh start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from sparkjoy.state import State, default_path
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+
+
+def test_last_use_first_sighting_events_and_prunes_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State.open(path, "unix:///e1")
+    state.ensure_seen(["sha256:a", "sha256:b"], NOW - timedelta(hours=3))
+    state.record_events({"sha256:a": NOW - timedelta(minutes=5)}, builds=3, last_event_nanos=123, now=NOW)
+    state.record_prune(NOW - timedelta(minutes=1))
+    state.record_events({}, builds=2, last_event_nanos=456, now=NOW)
+    state.close()
+
+    reopened = State.open(path, "unix:///e1")
+    memory = reopened.memory()
+    mark = reopened.prune_mark()
+
+    assert reopened.persistent
+    assert memory.last_used == {"sha256:a": NOW - timedelta(minutes=5)}
+    assert memory.first_seen["sha256:b"] == NOW - timedelta(hours=3)
+    assert reopened.last_event_nanos == 456
+    assert (mark.when, mark.builds_seen, mark.builds_at_last_prune) == (NOW - timedelta(minutes=1), 5, 3)
+
+
+def test_a_later_use_replaces_an_earlier_one_but_never_the_other_way() -> None:
+    state = State.open(None, "e")
+    state.record_uses({"sha256:a": NOW}, NOW)
+    state.record_uses({"sha256:a": NOW - timedelta(hours=1)}, NOW)
+
+    assert state.memory().last_used["sha256:a"] == NOW
+
+
+def test_the_first_sighting_is_never_moved_by_a_later_one() -> None:
+    state = State.open(None, "e")
+
+    assert state.ensure_seen(["sha256:a"], NOW - timedelta(hours=2)) == 1
+    assert state.ensure_seen(["sha256:a"], NOW) == 0
+    assert state.memory().first_seen["sha256:a"] == NOW - timedelta(hours=2)
+
+
+def test_two_engines_in_one_file_keep_their_own_memory(tmp_path: Path) -> None:
+    one = State.open(tmp_path / "s.db", "unix:///one")
+    two = State.open(tmp_path / "s.db", "unix:///two")
+    one.record_uses({"sha256:a": NOW}, NOW)
+
+    assert two.memory().last_used == {}
+    assert two.last_event_nanos is None
+
+
+def test_images_the_engine_no_longer_has_are_forgotten() -> None:
+    state = State.open(None, "e")
+    state.ensure_seen(["sha256:a", "sha256:b"], NOW)
+
+    assert state.forget_except(["sha256:b"]) == 1
+    assert set(state.memory().first_seen) == {"sha256:b"}
+
+
+def test_a_corrupt_file_is_reported_moved_aside_and_rebuilt(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database " * 500)
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        state = State.open(path, "e")
+
+    assert state.persistent
+    assert state.memory().first_seen == {}
+    assert "unreadable" in caplog.text and "fresh state" in caplog.text
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("state.db.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    state.ensure_seen(["sha256:a"], NOW)
+    state.close()
+    assert set(State.open(path, "e").memory().first_seen) == {"sha256:a"}
+
+
+def test_a_database_with_damaged_pages_is_rebuilt(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "state.db"
+    state = State.open(path, "e")
+    state.ensure_seen([f"sha256:{i:064x}" for i in range(2000)], NOW)
+    state.close()
+    data = bytearray(path.read_bytes())
+    for offset in range(4096, len(data), 4096):  # keep the header, scramble every page after the first
+        data[offset + 100:offset + 400] = os.urandom(300)
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        rebuilt = State.open(path, "e")
+
+    assert "unreadable" in caplog.text
+    assert rebuilt.memory().first_seen == {}
+
+
+def test_a_database_of_another_schema_is_rebuilt_not_used(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE images (name TEXT)")
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        state = State.open(path, "e")
+
+    assert "unreadable" in caplog.text
+    state.ensure_seen(["sha256:a"], NOW)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_location_falls_back_to_memory_with_a_warning(tmp_path: Path, caplog) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        state = State.open(locked / "sub" / "state.db", "e")
+
+    assert not state.persistent
+    assert "in memory" in caplog.text
+
+
+def test_an_unopenable_path_falls_back_to_memory_with_a_warning(tmp_path: Path, caplog) -> None:
+    directory_in_the_way = tmp_path / "state.db"
+    directory_in_the_way.mkdir()
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        state = State.open(directory_in_the_way, "e")
+
+    assert not state.persistent
+    assert "in memory" in caplog.text
+    assert directory_in_the_way.is_dir()
+
+
+def test_the_default_location_follows_xdg_state_home_or_var_lib_for_root() -> None:
+    assert default_path({"XDG_STATE_HOME": "/x/state", "HOME": "/home/u"}) == Path("/x/state/sparkjoy/state.db")
+    if os.geteuid() == 0:
+        assert default_path({"HOME": "/root"}) == Path("/var/lib/sparkjoy/state.db")
+    else:
+        assert default_path({"HOME": "/home/u"}) == Path("/home/u/.local/state/sparkjoy/state.db")
