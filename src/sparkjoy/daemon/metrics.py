@@ -46,7 +46,7 @@ NAMESPACE = "sparkjoy"
 # Triggers the daemon is expected to report. Any lower-case word is accepted (the label
 # set stays small because the daemon, not the outside world, chooses it), but these are
 # the ones documented in docs/deploy.md.
-KNOWN_TRIGGERS = ("first", "interval", "builds", "pressure", "request", "signal")
+KNOWN_TRIGGERS = ("first", "interval", "builds", "pressure", "request")
 _TRIGGER = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # A prune's result label: "ok" (every planned object dealt with, nothing failed),
