@@ -100,7 +100,7 @@ class PruneSummary:
     result: RunResult | None = field(default=None, repr=False, compare=False)
 
     def line(self) -> str:
-        removed = ", ".join(f"{count} {kind}" for kind, count in self.removed.items() if count) or "nothing"
+        removed = ", ".join(_count(count, kind) for kind, count in self.removed.items() if count) or "nothing"
         text = (f"prune trigger={self.trigger}: removed {removed}; reclaimed {format_bytes(self.reclaimed_bytes)} "
                 f"measured (predicted {format_bytes(self.predicted_bytes)}); {self.failures} failed; "
                 f"took {self.duration_seconds:.1f}s")
@@ -115,6 +115,11 @@ class PruneSummary:
             "failures": self.failures, "duration_seconds": round(self.duration_seconds, 3),
             "stopped_early": self.stopped_early, "note": self.note,
         }
+
+
+def _count(count: int, kind: str) -> str:
+    noun = "build-cache record" if kind == Kind.BUILD_CACHE.value else kind
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 class _DebugReporter:
@@ -189,6 +194,7 @@ class Supervisor:
         self.prunes: list[PruneSummary] = []
         self.connections = 0
         self.events_read = 0
+        self.pressure_checks = 0
         self.data_root: str | None = None
         self.interpreter: EventInterpreter | None = None
         self._stream: EventStream | None = None
@@ -511,6 +517,7 @@ class Supervisor:
         except EngineError as error:
             log.warning("could not measure disk usage: %s", error)
             return
+        self.pressure_checks += 1
         over = used > high.threshold(total)
         if self.pressure_blocked_at is not None:
             # An eviction already did all it safely could: wait for usage to drop below the
@@ -552,7 +559,10 @@ class Supervisor:
             eviction = plan_eviction(eligible, need)
             the_plan = eviction.plan
             note = eviction.describe()
-            log.info("disk usage %s above %s: %s", self._usage_text(used, total), self.daemon.high_watermark, note)
+            doing = note if eviction.met else (
+                f"evicting every eligible object ({len(the_plan.deletions)}), freeing {format_bytes(eviction.predicted_bytes)} "
+                f"of the {format_bytes(need)} needed")
+            log.info("disk usage %s above %s: %s", self._usage_text(used, total), self.daemon.high_watermark, doing)
         else:
             the_plan = make_plan(snapshot, self.policy, memory, now=now)
         try:

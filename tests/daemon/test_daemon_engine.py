@@ -1,0 +1,159 @@
+"""The daemon on a real engine: last use across restarts, disk pressure, the engine restarting, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sparkjoy.state import State
+from tests.daemon.support import RunningDaemon, image_exists, run_and_remove
+from tests.fixtures import busybox_layer, import_image, run_container, wait_until
+
+LONG_AGO = datetime(2020, 1, 1, tzinfo=timezone.utc)
+KB = 1000
+MB = 1_000_000
+
+
+def test_an_image_loaded_a_minute_ago_and_one_whose_containers_keep_starting_stay_under_a_1h_max_age_across_restarts(
+    clean_engine, tmp_path: Path
+) -> None:
+    engine = clean_engine
+    # Already on the engine when sparkjoy first starts (3h "ago", by its clock): never used.
+    never_used = import_image(engine, 10 * KB, "never-used:1", created=LONG_AGO, tag_on_load=True)
+    used_while_down = import_image(engine, 10 * KB, "used-while-down:1", created=LONG_AGO, tag_on_load=True,
+                                   base=[busybox_layer()])
+
+    with RunningDaemon(engine, tmp_path, clock_offset=-timedelta(hours=3), disable=True) as first:
+        # Old images (created in 2020, no last-tag time): only sparkjoy's memory knows they are in use.
+        loaded = import_image(engine, 10 * KB, "loaded:1", created=LONG_AGO, tag_on_load=True)
+        cron = import_image(engine, 10 * KB, "cron:1", created=LONG_AGO, tag_on_load=True, base=[busybox_layer()])
+        for _ in range(3):
+            run_and_remove(engine, "cron:1")
+        first.wait_for_events([loaded, cron])
+
+    # While no daemon runs, a container of another image starts: the engine still has the event.
+    run_and_remove(engine, "used-while-down:1")
+
+    with RunningDaemon(engine, tmp_path, clock_offset=timedelta(minutes=50)) as second:
+        summary = second.prune_and_wait()
+
+    assert image_exists(engine, loaded), "an image loaded 50 minutes ago is within the 1h max age"
+    assert image_exists(engine, cron), "an image whose containers started 50 minutes ago is within the 1h max age"
+    assert image_exists(engine, used_while_down), "a use missed while down is replayed from the engine's events"
+    assert not image_exists(engine, never_used), "first seen 3h50m ago and never used: old"
+    assert summary.removed["image"] == 1
+
+    # The same memory, judged 2h later: now their last use is older than the max age.
+    with RunningDaemon(engine, tmp_path, clock_offset=timedelta(hours=2)) as third:
+        third.prune_and_wait()
+    assert not image_exists(engine, loaded) and not image_exists(engine, cron)
+
+
+def test_the_engine_restarting_under_the_daemon_is_survived_with_its_memory_and_the_next_prune_is_right(
+    engine_factory, tmp_path: Path
+) -> None:
+    engine = engine_factory()
+    stale = import_image(engine, 10 * KB, "stale:1", created=LONG_AGO, tag_on_load=True)
+    used = import_image(engine, 10 * KB, "used:1", created=LONG_AGO, tag_on_load=True, base=[busybox_layer()])
+    three_hours_ago = datetime.now(timezone.utc) - timedelta(hours=3)
+    seeded = State.open(tmp_path / "state.db", engine.host)
+    seeded.ensure_seen([stale, used], three_hours_ago)  # sparkjoy first saw both 3h ago
+    seeded.close()
+
+    with RunningDaemon(engine, tmp_path, clock_offset=timedelta(minutes=30)) as daemon:
+        run_and_remove(engine, "used:1")
+        daemon.wait_for_events([used])
+
+        engine.restart()
+        daemon.wait_for(lambda: daemon.supervisor.connections >= 2, "the daemon to reconnect", timeout=60)
+        daemon.wait_for(lambda: daemon.supervisor.contact.readiness()[0], "the daemon to be ready again")
+
+        memory = daemon.supervisor.state.memory()
+        assert memory.first_seen[stale] <= three_hours_ago + timedelta(seconds=1)
+        assert used in memory.last_used
+        summary = daemon.prune_and_wait()
+
+    assert not image_exists(engine, stale)
+    assert image_exists(engine, used)
+    assert summary.removed["image"] == 1 and summary.failures == 0
+
+
+def _filesystem_used(path: str) -> tuple[int, int]:
+    stat = os.statvfs(path)
+    total = stat.f_blocks * stat.f_frsize
+    return total - stat.f_bfree * stat.f_frsize, total
+
+
+def _percent(value: int, total: int) -> str:
+    return f"{100 * value / total:.3f}%"
+
+
+def test_disk_pressure_evicts_the_least_recently_used_until_under_the_low_mark_and_protected_images_stay(
+    engine_factory, tmp_path: Path, caplog
+) -> None:
+    engine = engine_factory(data_root_size=400 * MB)
+    size = 25 * MB
+    # Tagged one after the other: their last-tag times order them, oldest first.
+    in_use = import_image(engine, size, "lru:0", base=[busybox_layer()])
+    run_container(engine, "lru:0", state="running")
+    images = [in_use] + [import_image(engine, size, f"lru:{n}") for n in range(1, 6)]
+    used, total = _filesystem_used(str(engine.data_root))
+
+    # High just under today's usage; low 60MB below it: three 25MB images must go.
+    with caplog.at_level(logging.INFO, logger="sparkjoy"):
+        with RunningDaemon(engine, tmp_path / "one", high_watermark=_percent(used - 5 * MB, total),
+                           low_watermark=_percent(used - 60 * MB, total), max_age="7d") as daemon:
+            daemon.wait_for(lambda: daemon.supervisor.prunes, "an eviction")
+            summary = daemon.supervisor.prunes[0]
+
+    assert summary.trigger == "pressure"
+    assert [image_exists(engine, i) for i in images] == [True, False, False, False, True, True]
+    assert _filesystem_used(str(engine.data_root))[0] < used - 60 * MB
+    assert "prune trigger=pressure: removed 3 images" in caplog.text
+
+    # Now a low mark that only deleting the image in use could reach: it stays, and the daemon says so once.
+    caplog.clear()
+    used, total = _filesystem_used(str(engine.data_root))
+    with caplog.at_level(logging.INFO, logger="sparkjoy"):
+        with RunningDaemon(engine, tmp_path / "two", high_watermark=_percent(used - 5 * MB, total),
+                           low_watermark=_percent(used - 70 * MB, total), max_age="7d") as daemon:
+            daemon.wait_for(lambda: daemon.supervisor.prunes, "an eviction")
+            checks = daemon.supervisor.pressure_checks
+            daemon.wait_for(lambda: daemon.supervisor.pressure_checks >= checks + 5, "more pressure checks")
+            prunes = list(daemon.supervisor.prunes)
+
+    assert len(prunes) == 1, "an eviction that cannot reach the low mark is not repeated"
+    assert [image_exists(engine, i) for i in images] == [True, False, False, False, False, False]
+    assert caplog.text.count("cannot get under the low watermark without breaking a safety rule") == 1
+    assert "in use by a container" in caplog.text
+
+
+def test_sigterm_stops_the_daemon_with_exit_0_and_a_second_daemon_for_the_same_engine_is_refused(
+    engine, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "daemon.log"
+    command = [str(Path(sys.executable).with_name("sparkjoy")), "run", "--host", engine.host,
+               "--state-db", str(tmp_path / "state.db"), "--listen", "127.0.0.1:0", "--quiet-period", "1h"]
+    env = {**engine.env(), "HOME": str(tmp_path)}
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: b"daemon started" in log_path.read_bytes(), timeout=30, what="the daemon to start")
+
+        second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode != 0
+        assert "another sparkjoy daemon already manages the engine" in second.stderr
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert b"daemon stopped; state saved" in log_path.read_bytes()
