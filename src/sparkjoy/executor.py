@@ -225,6 +225,7 @@ class Executor:
         """Check that every object the plan kept is still there, with every tag it had."""
         after = self.engine.snapshot()
         images = {i.id: set(i.repo_tags) for i in after.images}
+        tags_now = {tag for tags in images.values() for tag in tags}
         containers = {c.id for c in after.containers}
         records = {r.id for r in after.build_cache}
         volumes = {v.name for v in after.volumes}
@@ -233,7 +234,8 @@ class Executor:
             if kept.kind is Kind.IMAGE:
                 if kept.id not in images:
                     findings.append(AuditFinding(kept.kind, kept.id, "kept image is gone"))
-                elif missing := set(kept.names) - images[kept.id]:
+                # A tag now on another image was moved there (a build, `docker tag`), not removed by the run.
+                elif missing := set(kept.names) - tags_now:
                     findings.append(AuditFinding(kept.kind, kept.id, "kept image lost tags " + ", ".join(sorted(missing))))
             elif kept.kind is Kind.CONTAINER and kept.id not in containers:
                 findings.append(AuditFinding(kept.kind, kept.id, "kept container is gone"))
