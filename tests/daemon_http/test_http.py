@@ -445,3 +445,27 @@ def test_a_bad_listen_address_is_a_config_error_that_quotes_it(value: str) -> No
 )
 def test_only_loopback_addresses_count_as_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_a_request_on_a_connection_kept_alive_past_stop_never_reaches_a_hook(readiness: Readiness) -> None:
+    hook = Recorder()
+    service = ServiceServer(Metrics(process_metrics=False), readiness, port=0, on_prune=hook)
+    service.start()
+    host, port = service.address
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200
+        service.stop()
+        try:
+            connection.request("POST", "/prune", body=b"{}", headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 503
+        except (ConnectionError, http.client.HTTPException):
+            pass  # the connection was closed instead: just as good
+    finally:
+        connection.close()
+    assert hook.payloads == []

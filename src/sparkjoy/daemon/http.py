@@ -216,6 +216,9 @@ class ServiceServer:
         self._thread: threading.Thread | None = None
         self._in_flight = 0
         self._idle = threading.Condition()
+        # Set by stop(): a kept-alive connection may still carry a request after it, and
+        # that must not reach a hook of a daemon that is shutting down.
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class ServiceServer:
                 f"--listen {self.host}:{self.port}: cannot listen there: {error.strerror or error}"
             ) from None
         self._server = server
+        self._stopping = False
         if not is_loopback(self.host):
             self.log.warning(
                 "listening on %s, which is not a loopback address: anyone who can reach it can read "
@@ -269,6 +273,7 @@ class ServiceServer:
         server, thread = self._server, self._thread
         if server is None:
             return
+        self._stopping = True
         server.shutdown()  # returns once serve_forever has left its loop
         deadline = time.monotonic() + timeout
         with self._idle:
@@ -356,6 +361,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.service._enter()
         try:
             path = urlsplit(self.path).path
+            if self.service._stopping:
+                return self._send_text(503, "shutting down\n")
             if path in GET_PATHS:
                 if method not in ("GET", "HEAD"):
                     return self._method_not_allowed("GET, HEAD")
@@ -455,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
-        if status >= 400:
+        if status >= 400 or self.service._stopping:
             # A refused request's body may be unread: reusing the connection would read it
             # as the next request.
             self.send_header("Connection", "close")
