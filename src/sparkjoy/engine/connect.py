@@ -3,8 +3,11 @@ docker context, then the default socket; the same order docker's own CLI uses.""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError
@@ -22,7 +25,6 @@ class Connection:
 def resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) -> Connection:
     """Given ``--host`` (or None) and the environment, return where and how to connect."""
     import docker
-    from docker.context import ContextAPI
 
     environ = os.environ if environ is None else environ
     try:
@@ -33,14 +35,69 @@ def resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) -> 
         return Connection(host_flag, "--host", tls_kwargs.get("tls"))
     if environ.get("DOCKER_HOST"):
         return Connection(tls_kwargs.get("base_url", environ["DOCKER_HOST"]), "DOCKER_HOST", tls_kwargs.get("tls"))
-    context_name = environ.get("DOCKER_CONTEXT")
-    try:
-        context = ContextAPI.get_context(context_name) if context_name else ContextAPI.get_current_context()
-    except Exception as error:  # the SDK raises several types for a broken config
-        raise ConfigError(f"docker context {context_name or '(current)'}: {error}") from error
-    if context is None:
-        raise ConfigError(f"DOCKER_CONTEXT={context_name}: no such docker context (see `docker context ls`)")
-    if context.Host and context.name != "default":
-        tls = context.TLSConfig if getattr(context, "TLSConfig", None) else None
-        return Connection(context.Host, f"docker context {context.name}", tls)
+    name, named_by = _current_context_name(environ)
+    if name != "default":
+        host, tls = _load_context(name, named_by, environ)
+        if host:
+            return Connection(host, f"docker context {name}", tls)
     return Connection(DEFAULT_HOST, "default socket")
+
+
+# Contexts are read here rather than through the SDK's ContextAPI, which looks for them only
+# next to an existing config.json (`docker context create` makes none) and reads os.environ
+# instead of the environment it is given.
+
+
+def _docker_config_dir(environ: Mapping[str, str]) -> Path:
+    if environ.get("DOCKER_CONFIG"):
+        return Path(environ["DOCKER_CONFIG"])
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / ".docker"
+
+
+def _current_context_name(environ: Mapping[str, str]) -> tuple[str, str]:
+    """The docker CLI's choice: DOCKER_CONTEXT, else config.json's currentContext, else "default"."""
+    if environ.get("DOCKER_CONTEXT"):
+        return environ["DOCKER_CONTEXT"], f"DOCKER_CONTEXT={environ['DOCKER_CONTEXT']}"
+    config = _docker_config_dir(environ) / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except FileNotFoundError:
+        return "default", ""
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{config}: cannot read the docker config file: {error}") from error
+    name = data.get("currentContext") if isinstance(data, dict) else None
+    return (name, f"currentContext in {config}") if isinstance(name, str) and name else ("default", "")
+
+
+def _load_context(name: str, named_by: str, environ: Mapping[str, str]) -> tuple[str | None, object | None]:
+    """Given a context name, return its docker endpoint's host and TLS settings (or None)."""
+    import docker.tls
+
+    contexts = _docker_config_dir(environ) / "contexts"
+    context_id = hashlib.sha256(name.encode()).hexdigest()
+    meta = contexts / "meta" / context_id / "meta.json"
+    try:
+        data = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{named_by}: no docker context named {name!r} in {contexts} (see `docker context ls`)"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"docker context {name!r}: cannot read {meta}: {error}") from error
+    endpoint = (data.get("Endpoints") or {}).get("docker") if isinstance(data, dict) else None
+    if not isinstance(endpoint, dict):
+        return None, None
+    host = endpoint.get("Host") if isinstance(endpoint.get("Host"), str) else None
+    tls_dir = contexts / "tls" / context_id / "docker"
+    ca, cert, key = (tls_dir / "ca.pem", tls_dir / "cert.pem", tls_dir / "key.pem")
+    tls = None
+    if ca.is_file() or cert.is_file():
+        tls = docker.tls.TLSConfig(
+            client_cert=(str(cert), str(key)) if cert.is_file() and key.is_file() else None,
+            ca_cert=str(ca) if ca.is_file() else None,
+            verify=not endpoint.get("SkipTLSVerify", False),
+        )
+    elif host and host.startswith("tcp://") and endpoint.get("SkipTLSVerify"):
+        tls = docker.tls.TLSConfig(verify=False)
+    return host, tls
