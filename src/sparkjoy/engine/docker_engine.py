@@ -30,16 +30,48 @@ INSPECT_WORKERS = 8
 
 
 def _hint(connection: Connection, cause: str) -> str:
-    if "Permission denied" in cause or "PermissionError" in cause:
+    if "permission denied" in cause.lower() or "PermissionError" in cause:
         return (
             "Fix: run sparkjoy as a user allowed to use the Docker socket (root, or a member of the "
             "'docker' group), or point it at another engine with --host / DOCKER_HOST."
         )
+    if connection.source == "default socket":
+        where = "No --host, DOCKER_HOST or docker context is set, so sparkjoy tried the default socket."
+    else:
+        where = f"The address came from {connection.source}."
     return (
-        f"The address came from {connection.source}. Fix: start the engine (e.g. `systemctl start docker`), "
+        f"{where} Fix: start the engine (e.g. `systemctl start docker`), "
         "or point sparkjoy at a running one with --host or DOCKER_HOST (unix://, tcp://, ssh://), "
         "or pick a context with DOCKER_CONTEXT."
     )
+
+
+def _unreachable(connection: Connection, error: BaseException) -> EngineUnreachable:
+    cause = _plain_cause(connection.base_url, error)
+    return EngineUnreachable(connection.base_url, cause, _hint(connection, cause))
+
+
+def _plain_cause(base_url: str, error: BaseException) -> str:
+    """Why a connection failed, in words, instead of the HTTP library's nested exception reprs."""
+    texts = []
+    seen: BaseException | None = error
+    while seen is not None and len(texts) < 10:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(texts)
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        if base_url.startswith("unix://"):
+            return f"no socket at {base_url.removeprefix('unix://')} (is the engine running?)"
+        return "not found (No such file or directory)"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused: nothing is listening at that address"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied"
+    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
+        return "unknown host name"
+    if "timed out" in text.lower():
+        return "no answer: the connection timed out"
+    return _cause(error).removeprefix("Error while fetching server API version: ")
 
 
 class DockerEngine:
@@ -58,9 +90,9 @@ class DockerEngine:
                 use_ssh_client=_use_ssh_client(connection.base_url),
             )
         except docker.errors.DockerException as error:
-            raise EngineUnreachable(connection.base_url, _cause(error), _hint(connection, _cause(error))) from error
+            raise _unreachable(connection, error) from error
         except (requests.exceptions.RequestException, OSError) as error:
-            raise EngineUnreachable(connection.base_url, _cause(error), _hint(connection, _cause(error))) from error
+            raise _unreachable(connection, error) from error
 
     @classmethod
     def connect(cls, host: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> "DockerEngine":
@@ -84,7 +116,7 @@ class DockerEngine:
                 raise EngineConflict(operation, status, message) from error
             raise EngineError(operation, status, message) from error
         except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as error:
-            raise EngineUnreachable(self.host, _cause(error), _hint(self.connection, _cause(error))) from error
+            raise _unreachable(self.connection, error) from error
         except requests.exceptions.Timeout as error:
             raise EngineError(operation, None, f"timed out: {error}") from error
         except (requests.exceptions.RequestException, json.JSONDecodeError, ValueError) as error:
@@ -100,7 +132,7 @@ class DockerEngine:
         except docker.errors.APIError as error:
             raise EngineUnreachable(self.host, _explanation(error), _hint(self.connection, str(error))) from error
         except (requests.exceptions.RequestException, OSError, docker.errors.DockerException) as error:
-            raise EngineUnreachable(self.host, _cause(error), _hint(self.connection, _cause(error))) from error
+            raise _unreachable(self.connection, error) from error
 
     def snapshot(self) -> Snapshot:
         taken_at = datetime.now(timezone.utc)
