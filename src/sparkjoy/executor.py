@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Callable, Protocol
 
 from .engine.base import Engine
-from .errors import EngineBusy, EngineConflict, EngineError, EngineUnreachable
+from .errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from .model import Kind
 from .planner import Plan, PlannedObject
 
@@ -120,9 +120,9 @@ class Executor:
                 self.reporter.object_done(result)
         try:
             usage_after = self.engine.usage()
-        except EngineError:
+        except EngineError as error:
             usage_after = usage_before
-            stopped_early = stopped_early or "engine unreachable after the run: reclaimed space not measured"
+            stopped_early = stopped_early or f"reclaimed space not measured: {error}"
         except EngineUnreachable as error:
             usage_after = usage_before
             stopped_early = stopped_early or f"engine unreachable after the run: {error.cause}"
@@ -148,6 +148,8 @@ class Executor:
             return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now {current.state.value}")
         try:
             self.engine.remove_container(planned.id)
+        except EngineNotFound:
+            return ObjectResult(planned, Outcome.GONE, "already removed")  # between the re-check and now
         except EngineConflict as error:
             return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
         return ObjectResult(planned, Outcome.DELETED)
@@ -168,6 +170,8 @@ class Executor:
         for tag in current.repo_tags:
             try:
                 answer = self.engine.untag(tag)
+            except EngineNotFound:
+                continue  # the tag went since the re-check; the image itself is checked below
             except EngineConflict as error:
                 return self._refused(planned, removed, error)
             removed.append(tag)
@@ -176,9 +180,14 @@ class Executor:
 
         # Untagged everything (or it was dangling): the image itself may still be there.
         if self.engine.image_state(planned.id) is None:
+            if not removed:
+                return ObjectResult(planned, Outcome.GONE, "already deleted")
             return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
         try:
             self.engine.delete_image(planned.id)
+        except EngineNotFound:
+            if not removed:
+                return ObjectResult(planned, Outcome.GONE, "already deleted")
         except EngineConflict as error:
             return self._refused(planned, removed, error)
         return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
@@ -215,6 +224,8 @@ class Executor:
             return ObjectResult(planned, Outcome.GONE, "already removed")
         try:
             self.engine.remove_volume(planned.id)
+        except EngineNotFound:
+            return ObjectResult(planned, Outcome.GONE, "already removed")
         except EngineConflict as error:
             return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
         return ObjectResult(planned, Outcome.DELETED)
