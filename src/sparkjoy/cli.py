@@ -61,7 +61,8 @@ def policy_options(fn: Callable) -> Callable:
         click.option("--volumes", is_flag=False, flag_value="anonymous", default=None,
                      type=click.Choice(["none", "anonymous", "all"]),
                      help="Prune unused volumes: --volumes for anonymous ones, --volumes=all for named too."),
-        click.option("--as-of", help="Judge ages as of this time (ISO 8601) instead of now, e.g. to preview."),
+        click.option("--as-of", callback=lambda ctx, param, value: _parse_time(value),
+                     help="Judge ages as of this time (ISO 8601) instead of now, e.g. to preview."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -93,10 +94,10 @@ def _load(params: dict[str, Any]) -> config.Settings:
     return config.load(_flags(params), params.get("config_path"))
 
 
-def _snapshot_and_plan(settings: config.Settings, as_of: str | None) -> tuple[DockerEngine, Plan]:
+def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tuple[DockerEngine, Plan]:
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
     snapshot = engine.snapshot()
-    now = _parse_time(as_of) or snapshot.taken_at
+    now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
     return engine, make_plan(snapshot, settings.policy, now=now)
 
 
