@@ -352,6 +352,24 @@ def test_the_compose_schema_would_catch_a_misspelled_key(tmp_path: Path) -> None
     assert check_compose(path).returncode != 0
 
 
+def test_the_compose_settings_are_settings_sparkjoy_accepts(tmp_path: Path) -> None:
+    environment = {k: str(v) for k, v in compose()["services"]["sparkjoy"]["environment"].items()}
+    assert any(name.startswith("SPARKJOY_") for name in environment)
+    completed = subprocess.run(
+        [tool("sparkjoy"), "config"],
+        capture_output=True, text=True, timeout=120,
+        env={**environment, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert completed.returncode == 0, completed.stderr
+    # Each variable must name a real key (a misspelled one would be silently ignored).
+    keys = {line.split(" = ", 1)[0] for line in completed.stdout.splitlines() if " = " in line}
+    for name in environment:
+        if name.startswith("SPARKJOY_"):
+            key = name.removeprefix("SPARKJOY_").lower()
+            key = "daemon." + key.removeprefix("daemon_") if key.startswith("daemon_") else key
+            assert key in keys, f"{name} sets no known key"
+
+
 def test_the_compose_service_mounts_the_socket_and_publishes_on_loopback_only() -> None:
     service = compose()["services"]["sparkjoy"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
