@@ -34,7 +34,7 @@ class RunningDaemon:
         self.offset = clock_offset
         self.supervisor = Supervisor(
             loaded, DaemonSettings.from_settings(loaded), clock=self.now,
-            tick_seconds=0.05, pressure_check_seconds=0.2, backoff_max_seconds=1.0,
+            tick_seconds=0.05, pressure_check_seconds=0.2, backoff_max_seconds=1.0, build_check_seconds=0.2,
         )
         self.error: BaseException | None = None
         self.exit_code: int | None = None

@@ -134,8 +134,8 @@ class Supervisor:
 
     ``clock`` gives the current UTC time (inject one to judge ages as of another time);
     ``metrics`` (a ``daemon.metrics.Metrics``) and ``serve_http`` wire the HTTP side;
-    ``tick_seconds``, ``pressure_check_seconds`` and ``backoff_max_seconds`` are the loop's
-    pacing, shortened by tests.
+    ``tick_seconds``, ``pressure_check_seconds``, ``backoff_max_seconds`` and
+    ``build_check_seconds`` are the loop's pacing, shortened by tests.
     """
 
     def __init__(
@@ -149,6 +149,7 @@ class Supervisor:
         tick_seconds: float = 1.0,
         pressure_check_seconds: float = 30.0,
         backoff_max_seconds: float = 30.0,
+        build_check_seconds: float = BUILD_CHECK_EVERY_SECONDS,
     ):
         self.settings = settings
         self.daemon = daemon
@@ -157,6 +158,7 @@ class Supervisor:
         self.tick_seconds = tick_seconds
         self.pressure_check_seconds = pressure_check_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.build_check_seconds = build_check_seconds
         self.triggers = TriggerSettings(
             disable=daemon.disable, interval=daemon.interval, num_builds=daemon.num_builds,
             quiet_period=daemon.quiet_period, build_wait_limit=daemon.build_wait_limit,
@@ -483,7 +485,7 @@ class Supervisor:
         self._say(decision)
         if decision.held_by_build:
             self.waiting_since = self.waiting_since or now
-            self._next_build_check = time.monotonic() + BUILD_CHECK_EVERY_SECONDS
+            self._next_build_check = time.monotonic() + self.build_check_seconds
             return
         if decision.prune and decision.trigger is not None:
             self._prune(engine, snapshot, decision)

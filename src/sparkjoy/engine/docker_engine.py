@@ -89,7 +89,15 @@ class DockerEngine:
                 tls=connection.tls or False,
                 use_ssh_client=_use_ssh_client(connection.base_url),
             )
+        except docker.errors.InvalidVersion as error:
+            raise EngineError("negotiate the API version (GET /version)", None, _cause(error)) from error
         except docker.errors.DockerException as error:
+            if _answered_badly(error.__cause__):
+                raise EngineError(
+                    "read the API version (GET /version)",
+                    getattr(error.__cause__, "status_code", None),
+                    f"bad answer from the engine: {_cause(error.__cause__)}",
+                ) from error
             raise _unreachable(connection, error) from error
         except (requests.exceptions.RequestException, OSError) as error:
             raise _unreachable(connection, error) from error
@@ -130,6 +138,10 @@ class DockerEngine:
         try:
             self.api.ping()
         except docker.errors.APIError as error:
+            if error.status_code is not None and 400 <= error.status_code < 500:
+                # It answered, and refused: an API version it does not speak, a socket
+                # proxy forbidding the call. Reachable, so not "start the engine".
+                raise EngineError("ping (GET /_ping)", error.status_code, _explanation(error)) from error
             raise EngineUnreachable(self.host, _explanation(error), _hint(self.connection, str(error))) from error
         except (requests.exceptions.RequestException, OSError, docker.errors.DockerException) as error:
             raise _unreachable(self.connection, error) from error
@@ -340,6 +352,19 @@ class DockerEngine:
 
     def remove_volume(self, name: str) -> None:
         self._call(f"remove volume {name}", lambda: self.api.remove_volume(name, force=False))
+
+
+def _answered_badly(cause: BaseException | None) -> bool:
+    """True when the engine answered, but with an error status or a body that is no version.
+
+    Classified by exception type and status code: a 502/503/504 comes from a proxy whose
+    engine is down, which is unreachable; a lost connection is not an answer at all.
+    """
+    if isinstance(cause, docker.errors.APIError):
+        return cause.status_code not in (None, 502, 503, 504)
+    if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return False
+    return isinstance(cause, (KeyError, TypeError, ValueError, requests.exceptions.ChunkedEncodingError))
 
 
 def _explanation(error: docker.errors.APIError) -> str:

@@ -1,0 +1,92 @@
+"""No prune while a build runs on the engine, whoever runs it; `sparkjoy build` announces one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sparkjoy.daemon import Client
+from tests.daemon.support import RunningDaemon
+from tests.fixtures import BUSYBOX_BASE, start_build, wait_until
+
+SPARKJOY = str(Path(sys.executable).with_name("sparkjoy"))
+
+
+@pytest.mark.parametrize("buildkit", [True, False], ids=["BuildKit", "classic"])
+def test_a_prune_asked_for_during_a_build_waits_until_the_build_finishes(clean_engine, tmp_path, buildkit) -> None:
+    engine = clean_engine
+    with RunningDaemon(engine, tmp_path) as daemon:
+        with start_build(engine, BUSYBOX_BASE + "RUN sleep 6 && echo done > /proof\n", "slow:1",
+                         buildkit=buildkit) as running:
+            # The engine shows a build once it runs a step: in-use cache records, or a step container.
+            with closing(engine.client()) as client:
+                def build_visible() -> bool:
+                    if buildkit:
+                        return any(r["InUse"] for r in client.df()["BuildCache"] or [])
+                    return bool(daemon.supervisor.interpreter.classic_build_containers)
+
+                wait_until(lambda: build_visible() or not running.running, timeout=60, what="the build's first step")
+            daemon.supervisor.request_prune()
+            daemon.wait_for(lambda: "waiting for" in daemon.supervisor.last_decision or not running.running,
+                            "the daemon to hold the prune back")
+            assert running.running, "the build ended before the daemon saw it: the test proves nothing"
+            assert daemon.supervisor.prunes == []
+            assert ("BuildKit" if buildkit else "classic build") in daemon.supervisor.last_decision
+            running.wait()
+        summary = daemon.wait_for(lambda: daemon.supervisor.prunes, "the prune after the build")[0]
+
+    assert summary.trigger == "request"
+
+
+def test_sparkjoy_build_holds_prunes_back_while_its_command_runs_and_exits_with_its_code(clean_engine, tmp_path) -> None:
+    go = tmp_path / "go"
+    with RunningDaemon(clean_engine, tmp_path) as daemon:
+        host, port = daemon.supervisor.http.address
+        command = [SPARKJOY, "build", "--listen", f"{host}:{port}", "--id", "test-build", "--",
+                   "sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.05; done; exit 3']
+        build = subprocess.Popen(command, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        try:
+            daemon.wait_for(lambda: "test-build" in daemon.supervisor.announced_builds, "the build announced")
+            Client(f"{host}:{port}").prune_now()
+            daemon.wait_for(lambda: "1 announced" in daemon.supervisor.last_decision, "the prune held back")
+            assert daemon.supervisor.prunes == []
+
+            go.touch()
+            assert build.wait(timeout=60) == 3
+        finally:
+            if build.poll() is None:
+                build.kill()
+        daemon.wait_for(lambda: daemon.supervisor.prunes, "the prune after the build")
+        assert daemon.supervisor.announced_builds == {}
+
+
+def test_sparkjoy_build_without_a_daemon_warns_and_still_runs_the_command(tmp_path) -> None:
+    result = subprocess.run([SPARKJOY, "build", "--listen", "127.0.0.1:9", "--", "sh", "-c", "exit 7"],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            timeout=60)
+
+    assert result.returncode == 7
+    assert "no sparkjoy daemon answered" in result.stderr
+
+
+def test_sparkjoy_build_of_a_missing_command_exits_127(tmp_path) -> None:
+    result = subprocess.run([SPARKJOY, "build", "--listen", "127.0.0.1:9", "--", "no-such-command-xyz"],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            timeout=60)
+
+    assert result.returncode == 127
+    assert "cannot run no-such-command-xyz" in result.stderr
+
+
+def test_the_library_client_announces_a_build_for_the_duration_of_a_block(engine, tmp_path) -> None:
+    with RunningDaemon(engine, tmp_path) as daemon:
+        client = Client("%s:%d" % daemon.supervisor.http.address)
+        with client.build("from-a-library") as build_id:
+            assert build_id == "from-a-library"
+            daemon.wait_for(lambda: "from-a-library" in daemon.supervisor.announced_builds, "the announcement")
+        daemon.wait_for(lambda: daemon.supervisor.announced_builds == {}, "the build to be finished")
+        assert daemon.supervisor.build_finished_since_start
