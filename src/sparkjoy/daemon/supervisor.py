@@ -728,4 +728,3 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO, strea
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    root.propagate = False

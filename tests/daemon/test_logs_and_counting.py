@@ -1,0 +1,74 @@
+"""The summary log line (text and JSON lines) and prunes every N builds on a real engine."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sparkjoy.daemon.supervisor import PruneSummary, configure_logging
+from sparkjoy.state import State
+from tests.daemon.support import RunningDaemon, image_exists
+from tests.fixtures import import_image
+
+SUMMARY = PruneSummary(
+    trigger="interval", reason="last prune 1h ago", at=datetime(2026, 12, 3, tzinfo=timezone.utc),
+    duration_seconds=3.14, removed={"container": 2, "image": 1, "build-cache": 12, "volume": 0},
+    reclaimed_bytes=1_200_000_000, predicted_bytes=1_250_000_000, failures=0,
+)
+
+
+def test_the_summary_line_names_the_trigger_the_removals_per_kind_and_the_measured_bytes() -> None:
+    assert SUMMARY.line() == (
+        "prune trigger=interval: removed 2 containers, 1 image, 12 build-cache records; reclaimed 1.2GB "
+        "measured (predicted 1.25GB); 0 failed; took 3.1s"
+    )
+
+
+def test_json_logs_are_one_object_per_line_with_the_prune_fields() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("sparkjoy")
+    saved = (list(logger.handlers), logger.level)
+    configure_logging("json", logging.INFO, stream)
+    try:
+        logging.getLogger("sparkjoy.daemon").info("%s", SUMMARY.line(), extra={"fields": SUMMARY.fields()})
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "info" and record["message"].startswith("prune trigger=interval")
+    assert record["trigger"] == "interval" and record["removed"]["build-cache"] == 12
+    assert record["reclaimed_bytes"] == 1_200_000_000
+
+
+def test_every_n_builds_counts_what_the_engine_reports_whatever_tool_tagged_it(clean_engine, tmp_path: Path) -> None:
+    engine = clean_engine
+    stale = import_image(engine, 1000, "stale:1", created=datetime(2020, 1, 1, tzinfo=timezone.utc),
+                         tag_on_load=True)
+    seeded = State.open(tmp_path / "state.db", engine.host)
+    seeded.ensure_seen([stale], datetime(2020, 1, 1, tzinfo=timezone.utc))
+    seeded.close()
+    built = [import_image(engine, 1000, tag_on_load=True) for _ in range(3)]
+
+    with RunningDaemon(engine, tmp_path, num_builds=2) as daemon:
+        def tag(image_id: str, name: str) -> None:
+            with closing(engine.client()) as client:
+                client.api.tag(image_id, name, "latest")
+
+        tag(built[0], "app-a")  # the first build finishing: the first prune
+        first = daemon.wait_for(lambda: daemon.supervisor.prunes, "the first prune")[0]
+        assert first.trigger == "first"
+        assert not image_exists(engine, stale)
+
+        tag(built[1], "app-b")
+        daemon.wait_for(lambda: daemon.supervisor.state.prune_mark().builds_seen >= 2, "the second build counted")
+        assert len(daemon.supervisor.prunes) == 1, "one build since the last prune is not yet two"
+
+        tag(built[2], "app-c")
+        daemon.wait_for(lambda: len(daemon.supervisor.prunes) == 2, "the prune after two more builds")
+        assert daemon.supervisor.prunes[1].trigger == "builds"
