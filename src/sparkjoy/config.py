@@ -196,11 +196,16 @@ def load(
     raw: dict[str, tuple[Any, str]] = {}
 
     path = _choose_file(config_path, environ, problems)
+    from_file: dict[str, tuple[Any, str]] = {}
     if path is not None:
-        _read_file(path, keys, raw, problems)
-    for dotted, key in keys.items():
-        if key.env in environ and environ[key.env] != "":
-            raw[dotted] = (environ[key.env], f"environment variable {key.env}")
+        _read_file(path, keys, from_file, problems)
+    from_env = {
+        dotted: (environ[key.env], f"environment variable {key.env}")
+        for dotted, key in keys.items()
+        if key.env in environ and environ[key.env] != ""
+    }
+    raw.update(from_file)
+    raw.update(from_env)
     for dotted, value in flags.items():
         if value is None:
             continue
@@ -218,6 +223,16 @@ def load(
             values[dotted] = key.parse(value)
         except (ValueError, TypeError) as error:
             problems.append(f"{source}: {dotted} = {_show(value)}: {error}")
+    # A value overridden by a flag or variable must still be valid: a broken config file or
+    # variable should not go unnoticed until the day the overriding flag is dropped.
+    for layer in (from_file, from_env):
+        for dotted, (value, source) in layer.items():
+            if raw[dotted][1] == source:
+                continue  # the winner, checked above
+            try:
+                keys[dotted].parse(value)
+            except (ValueError, TypeError) as error:
+                problems.append(f"{source}: {dotted} = {_show(value)}: {error}")
     if problems:
         raise ConfigError(problems)
     try:
