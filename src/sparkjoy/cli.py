@@ -127,6 +127,9 @@ def df(**params: Any) -> None:
 
     Bytes are counted once however many images share a layer; RECLAIMABLE is what a
     prune with the same policy options would free.
+
+    Exit codes: 0 success, 1 the engine failed a request, 2 usage or config error,
+    3 engine unreachable.
     """
     try:
         settings = _load(params)
@@ -168,6 +171,11 @@ def prune(**params: Any) -> None:
     An image's age counts from its last tag (or last use), never its creation. Images used
     by any container, excluded or out of scope stay, and so do the --keep-recent newest
     per repository. Nothing is ever force-deleted.
+
+    Exit codes: 0 success (nothing to prune included), 1 failure or partial failure (some
+    deletions failed, or --audit found a kept object missing), 2 usage or config error
+    (nothing deleted), 3 engine unreachable, 4 aborted at the confirmation (declined, or no
+    terminal to ask on and no -f).
     """
     try:
         settings = _load(params)
@@ -238,7 +246,10 @@ def prune(**params: Any) -> None:
 @policy_options
 @click.option("--keys", is_flag=True, help="List every config key with its description and example.")
 def config_command(**params: Any) -> None:
-    """Check the configuration and print the effective settings (or every key with --keys)."""
+    """Check the configuration and print the effective settings (or every key with --keys).
+
+    Exit codes: 0 the settings are valid, 2 a setting is wrong (each problem is named).
+    """
     if params["keys"]:
         for key in config.all_keys():
             where = f"[{key.section}] " if key.section else ""
