@@ -130,10 +130,8 @@ def build_command(command: tuple[str, ...], **params: Any) -> None:
     try:
         client = _client(params)
         build_id = client.build_started(params.get("build_id"))
-    except ConfigError as error:
-        _fail(error)
-        return
-    except DaemonUnavailable as error:
+    except (ConfigError, DaemonUnavailable) as error:
+        # A build never fails because of the pruner: say why it is not announced, and build.
         click.echo(f"sparkjoy: warning: {error}; running the build anyway", err=True)
 
     try:

@@ -19,6 +19,7 @@ or ``/var/lib/sparkjoy/state.db`` when running as root.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -26,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .planner import Memory
 
@@ -73,6 +74,35 @@ def _time(seconds: float | None) -> datetime | None:
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+_CORRUPTION_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_ERROR)
+
+
+def _recovering(default: Any = None) -> Callable:
+    """Given a State method, return it guarded: a file found damaged mid-run is moved aside and
+    rebuilt (then the call is retried once); any other database failure (locked for longer than
+    the timeout, disk full) costs this one call, with a warning, never the daemon."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def guarded(self: "State", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as error:
+                code = getattr(error, "sqlite_errorcode", None)
+                if code is not None and (code & 0xFF) in _CORRUPTION_CODES:
+                    self._rebuild(error)
+                    try:
+                        return method(self, *args, **kwargs)
+                    except sqlite3.DatabaseError as again:
+                        error = again
+                log.warning("state database %s: %s failed: %s", self.path or "(memory)", method.__name__, error)
+                return default() if callable(default) else default
+
+        return guarded
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -137,8 +167,29 @@ class State:
         with self._lock:
             self._db.close()
 
+    def _rebuild(self, error: sqlite3.DatabaseError) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            if self.path is None:
+                log.warning("in-memory state failed (%s); starting afresh", error)
+                self._db = _connect(":memory:")
+                return
+            moved = _move_aside(self.path)
+            log.warning(
+                "state database %s became unreadable (%s); moved it to %s and starting with fresh state",
+                self.path, error, moved or "(could not move it)",
+            )
+            fresh = State.open(self.path, self.engine)
+            self._db, self.persistent = fresh._db, fresh.persistent
+            if not fresh.persistent:
+                self.path = None
+
     # -- images -------------------------------------------------------------------------
 
+    @_recovering(Memory)
     def memory(self) -> Memory:
         """Given what is stored, return the planner's view: last use and first sighting per image."""
         with self._lock:
@@ -149,6 +200,7 @@ class State:
         first_seen = {image_id: _time(seen) for image_id, seen, _ in rows}
         return Memory(last_used=last_used, first_seen=first_seen)
 
+    @_recovering(None)
     def record_uses(self, uses: Mapping[str, datetime], now: datetime) -> None:
         """Given image id -> a time it was used, keep the latest use of each (one transaction)."""
         if not uses:
@@ -162,6 +214,7 @@ class State:
                     (self.engine, image_id, _seconds(min(when, now)), _seconds(when)),
                 )
 
+    @_recovering(0)
     def ensure_seen(self, image_ids: Iterable[str], now: datetime) -> int:
         """Record ``now`` as first sighting of each image not seen before; return how many were new."""
         with self._lock, self._db:
@@ -172,6 +225,7 @@ class State:
             )
             return self._db.total_changes - before
 
+    @_recovering(0)
     def forget_except(self, image_ids: Iterable[str]) -> int:
         """Drop rows of images the engine no longer has (given every id it has); return how many."""
         keep = set(image_ids)
@@ -197,9 +251,14 @@ class State:
     @property
     def last_event_nanos(self) -> int | None:
         """The engine's ``timeNano`` of the last event read, to resume the stream after it."""
+        return self._last_event_nanos()
+
+    @_recovering(None)
+    def _last_event_nanos(self) -> int | None:
         with self._lock:
             return self._engine_row()[0]
 
+    @_recovering(None)
     def record_events(self, uses: Mapping[str, datetime], builds: int, last_event_nanos: int | None,
                       now: datetime) -> None:
         """Given what a batch of events taught, save it all in one transaction."""
@@ -221,11 +280,13 @@ class State:
                     (last_event_nanos, self.engine),
                 )
 
+    @_recovering(lambda: PruneMark(None, 0, 0))
     def prune_mark(self) -> PruneMark:
         with self._lock:
             _, last_prune, builds_seen, at_prune = self._engine_row()
         return PruneMark(_time(last_prune), builds_seen, at_prune)
 
+    @_recovering(None)
     def record_prune(self, when: datetime) -> None:
         """Remember a prune: its time, and the build count it covered."""
         with self._lock, self._db:

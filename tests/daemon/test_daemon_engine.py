@@ -157,3 +157,26 @@ def test_sigterm_stops_the_daemon_with_exit_0_and_a_second_daemon_for_the_same_e
             daemon.kill()
             daemon.wait()
     assert b"daemon stopped; state saved" in log_path.read_bytes()
+
+
+def test_a_stop_during_a_prune_finishes_the_deletion_in_progress_and_leaves_the_rest(clean_engine, tmp_path: Path) -> None:
+    engine = clean_engine
+    images = [import_image(engine, 100, f"many-{n}:1", created=LONG_AGO, tag_on_load=True) for n in range(80)]
+    seeded = State.open(tmp_path / "state.db", engine.host)
+    seeded.ensure_seen(images, datetime.now(timezone.utc) - timedelta(days=1))
+    seeded.close()
+
+    daemon = RunningDaemon(engine, tmp_path).start()
+    try:
+        daemon.supervisor.request_prune()
+        wait_until(lambda: not all(image_exists(engine, i) for i in images[-10:] + images[:10]), timeout=60,
+                   what="the first deletions")
+    finally:
+        daemon.stop()
+
+    (summary,) = daemon.supervisor.prunes
+    left = [i for i in images if image_exists(engine, i)]
+    assert summary.stopped_early == "shutdown requested"
+    assert 0 < summary.removed["image"] < len(images)
+    assert len(left) == len(images) - summary.removed["image"], "every deletion started was finished"
+    assert State.open(tmp_path / "state.db", engine.host).prune_mark().when is not None

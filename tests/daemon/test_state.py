@@ -144,3 +144,18 @@ def test_the_default_location_follows_xdg_state_home_or_var_lib_for_root() -> No
         assert default_path({"HOME": "/root"}) == Path("/var/lib/sparkjoy/state.db")
     else:
         assert default_path({"HOME": "/home/u"}) == Path("/home/u/.local/state/sparkjoy/state.db")
+
+
+def test_a_database_broken_while_the_daemon_runs_is_rebuilt_and_the_call_still_succeeds(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "state.db"
+    state = State.open(path, "e")
+    state.ensure_seen(["sha256:a"], NOW)
+    with sqlite3.connect(path) as other:  # another program breaks the schema under us
+        other.execute("DROP TABLE images")
+
+    with caplog.at_level(logging.WARNING, logger="sparkjoy.state"):
+        state.record_uses({"sha256:b": NOW}, NOW)
+
+    assert "became unreadable" in caplog.text
+    assert state.memory().last_used == {"sha256:b": NOW}
+    assert state.persistent
