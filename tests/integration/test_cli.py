@@ -246,6 +246,17 @@ def test_a_refused_tcp_port_gives_one_clear_message_and_exit_3(env: Env) -> None
     assert "connection refused" in done.stderr, done.stderr
 
 
+def test_an_ssh_address_is_tried_over_ssh(env: Env) -> None:
+    """ssh:// needs the SDK's ssh extra (paramiko); without it every ssh:// address failed
+    with 'Install paramiko package to enable ssh:// support' instead of being tried."""
+    held, port = _refusing_tcp_port()
+    with closing(held):
+        address = f"ssh://nobody@127.0.0.1:{port}"
+        done = sparkjoy(env, "df", host=False, extra_env={"DOCKER_HOST": address})
+    _assert_one_clear_message(done, address, "DOCKER_HOST")
+    assert "paramiko" not in done.stderr, done.stderr
+
+
 def test_an_unreachable_context_names_the_context(env: Env, tmp_path: Path) -> None:
     address = f"unix://{tmp_path}/no-engine.sock"
     _create_context(env, "gone", address, {"DOCKER_CONFIG": str(env.docker_config)}, use=True)
