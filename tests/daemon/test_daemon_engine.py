@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -33,8 +33,8 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,6 +193,7 @@ class Supervisor:
         self.pressure_blocked_at: datetime | None = None  # an eviction could not reach the low mark
         self.last_eviction: Eviction | None = None
         self.last_decision = ""
+        self._last_decision_key: tuple | None = None
         self.prunes: list[PruneSummary] = []
         self.connections = 0
         self.events_read = 0
@@ -454,11 +455,13 @@ class Supervisor:
         )
 
     def _say(self, decision: Decision) -> None:
-        text = str(decision)
-        if text != self.last_decision:
+        """Log a decision when it changes in kind (not every second because a countdown moved)."""
+        self.last_decision = str(decision)
+        key = (decision.prune, decision.trigger, decision.held_by_build)
+        if key != self._last_decision_key:
             level = logging.INFO if decision.held_by_build else logging.DEBUG
-            log.log(level, "%s", text)
-            self.last_decision = text
+            log.log(level, "%s", self.last_decision)
+            self._last_decision_key = key
 
     def _maybe_prune(self, engine: DockerEngine) -> None:
         now = self.clock()
@@ -594,7 +597,7 @@ class Supervisor:
         if trigger is Trigger.REQUESTED:
             self.prune_requested = False
         self.waiting_since = None
-        self.last_decision = ""
+        self._last_decision_key = None
 
         removed = {kind.value: result.count(kind) for kind in Kind}
         summary = PruneSummary(
