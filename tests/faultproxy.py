@@ -432,6 +432,9 @@ class _Connection:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The default backlog of 5 makes a client's 6th concurrent connect fail with EAGAIN,
+    # a fault of the proxy rather than one it means to inject; dockerd listens with more.
+    request_queue_size = 128
 
 
 class FaultProxy:

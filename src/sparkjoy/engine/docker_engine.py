@@ -290,7 +290,12 @@ class DockerEngine:
             f"list containers of image {image_id}",
             lambda: self.api.containers(all=True, filters={"ancestor": image_id}),
         )
-        found = [convert.container_from(e, None) for e in entries or [] if isinstance(e, dict)]
+        if not isinstance(entries, list):
+            # This answer is the last check that no container uses the image: an answer
+            # that cannot be read must stop the deletion, not read as "no containers".
+            raise EngineError(f"list containers of image {image_id}", None,
+                              f"bad answer from the engine: expected a list, got {type(entries).__name__}")
+        found = [convert.container_from(e, None) for e in entries if isinstance(e, dict)]
         # `ancestor` also matches containers of child images: those pin this image too.
         return found
 
