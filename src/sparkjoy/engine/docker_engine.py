@@ -101,6 +101,8 @@ class DockerEngine:
             raise _unreachable(connection, error) from error
         except (requests.exceptions.RequestException, OSError) as error:
             raise _unreachable(connection, error) from error
+        if connection.base_url.startswith("unix://"):
+            _reuse_unix_connections(self.api)
 
     @classmethod
     def connect(cls, host: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> "DockerEngine":
@@ -370,6 +372,24 @@ def _answered_badly(cause: BaseException | None) -> bool:
     if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return False
     return isinstance(cause, (KeyError, TypeError, ValueError, requests.exceptions.ChunkedEncodingError))
+
+
+def _reuse_unix_connections(api: docker.APIClient) -> None:
+    """Keep connections to a unix socket open across requests.
+
+    The SDK's unix-socket adapter keys its connection pools by the whole request URL, so
+    each distinct path (every image's inspect) opens a new connection, and past 25 paths
+    closes an old one: a connect and a close per call, several times the cost of the call
+    on a big engine. Keyed by the socket alone, one pool serves every request. Proxy
+    settings never apply to a unix socket, so requests' scan of the environment for them
+    on every call is skipped too.
+    """
+    adapter = api.adapters.get("http+docker://")
+    if adapter is None or not hasattr(adapter, "pools"):
+        return
+    get_connection = adapter.get_connection
+    adapter.get_connection = lambda url, proxies=None: get_connection("http+docker://localhost", proxies)
+    api.trust_env = False
 
 
 def _explanation(error: docker.errors.APIError) -> str:
