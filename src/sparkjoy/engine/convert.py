@@ -9,6 +9,7 @@ dropped by the caller.
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
@@ -57,7 +58,7 @@ def as_int(value: Any, default: int = -1) -> int:
         return default
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value == value:  # not NaN
+    if isinstance(value, float) and math.isfinite(value):  # not NaN, not 1e400 (infinity)
         return int(value)
     return default
 
