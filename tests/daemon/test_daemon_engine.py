@@ -179,3 +179,24 @@ def test_a_stop_during_a_prune_finishes_the_deletion_in_progress_and_leaves_the_
     assert 0 < summary.removed["image"] < len(images)
     assert len(left) == len(images) - summary.removed["image"], "every deletion started was finished"
     assert State.open(tmp_path / "state.db", engine.host).prune_mark().when is not None
+
+
+def test_with_size_watermarks_a_recently_used_image_outlives_newer_images_nobody_used(clean_engine, tmp_path: Path) -> None:
+    from sparkjoy.engine.docker_engine import DockerEngine
+
+    engine = clean_engine
+    used = import_image(engine, 2 * MB, "lru-used:1", base=[busybox_layer()])  # tagged first: oldest tag
+    newer = [import_image(engine, 2 * MB, f"lru-newer-{n}:1") for n in range(2)]
+    seeded = State.open(tmp_path / "state.db", engine.host)
+    seeded.record_uses({used: datetime.now(timezone.utc)}, datetime.now(timezone.utc))  # a container ran it just now
+    seeded.close()
+    usage = DockerEngine.connect(engine.host).usage()
+
+    with RunningDaemon(engine, tmp_path, high_watermark=str(usage - 500 * KB),
+                       low_watermark=str(usage - 3 * MB)) as daemon:
+        (summary,) = daemon.wait_for(lambda: daemon.supervisor.prunes, "an eviction")
+
+    assert summary.trigger == "pressure"
+    assert image_exists(engine, used)
+    assert not any(image_exists(engine, i) for i in newer)
+    assert summary.reclaimed_bytes >= 3 * MB

@@ -300,9 +300,12 @@ class Supervisor:
         self._stream = EventStream(
             lambda since: stream_api.events(since=since, decode=True), self.state.last_event_nanos, self._queue
         ).start()
-        self._see_current_images(engine)
-        if self.daemon.high_watermark is not None and self.daemon.high_watermark.is_percent:
-            self.data_root = self._find_data_root(engine)
+        try:
+            self._see_current_images(engine)
+            if self.daemon.high_watermark is not None and self.daemon.high_watermark.is_percent:
+                self.data_root = self._find_data_root(engine)
+        except EngineUnreachable as error:
+            raise _EngineLost(error.cause) from error
         next_ping = time.monotonic() + PING_EVERY_SECONDS
         self._next_pressure_check = 0.0
         while not self._stop.is_set():
@@ -319,6 +322,11 @@ class Supervisor:
             except EngineUnreachable as error:
                 self.metrics.record_engine_error(error)
                 raise _EngineLost(error.cause) from error
+            except EngineError as error:
+                # The engine answered with an error: log it, count it, try again later; never exit.
+                self.metrics.record_engine_error(error)
+                log.error("%s; trying again in %ds", error, int(RETRY_AFTER_FAILURE_SECONDS))
+                self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
 
     def _close_stream(self) -> None:
         if self._stream is not None:
