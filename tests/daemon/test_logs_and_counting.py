@@ -72,3 +72,18 @@ def test_every_n_builds_counts_what_the_engine_reports_whatever_tool_tagged_it(c
         tag(built[2], "app-c")
         daemon.wait_for(lambda: len(daemon.supervisor.prunes) == 2, "the prune after two more builds")
         assert daemon.supervisor.prunes[1].trigger == "builds"
+
+
+def test_a_prune_shows_in_the_metrics_and_readyz_says_the_engine_was_reached(engine, tmp_path: Path) -> None:
+    import urllib.request
+
+    with RunningDaemon(engine, tmp_path) as daemon:
+        daemon.prune_and_wait()
+        base = daemon.supervisor.http.url
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        with urllib.request.urlopen(base + "/readyz", timeout=10) as response:
+            ready = (response.status, response.read().decode())
+
+    assert 'sparkjoy_prune_runs_total{result="ok",trigger="request"} 1.0' in metrics
+    assert ready[0] == 200 and ready[1].startswith("ready: engine reached")
