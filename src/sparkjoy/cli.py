@@ -86,7 +86,8 @@ def _flags(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fail(error: SparkjoyError) -> None:
-    click.echo(f"sparkjoy: error: {error}", err=True)
+    # The message may quote the engine, which may quote anything: print it escaped.
+    click.echo(f"sparkjoy: error: {report.printable(str(error), newlines=True)}", err=True)
     sys.exit(int(error.exit_code))
 
 

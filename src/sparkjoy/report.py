@@ -6,6 +6,7 @@ Dry and real runs render the same plan; only the verbs and the measured figures 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -30,10 +31,27 @@ COUNT_NOUNS = {  # "Removed: 1 container, 4 images, 36 build-cache records"
 }
 
 
+def printable(text: str, *, newlines: bool = False) -> str:
+    """Given text that came from the engine (names, tags, reasons, error messages), return it
+    safe for a terminal: control and format characters are shown escaped, so a name holding
+    ESC sequences, a carriage return or a bidi override cannot rewrite what the user reads.
+
+    Example: ``printable("a\\x1b[2Jb")`` -> ``"a\\\\x1b[2Jb"`` (a backslash, then x1b).
+    """
+    if text.isprintable() and "\u2028" not in text:
+        return text
+    return "".join(
+        ch if (newlines and ch == "\n") or not (unicodedata.category(ch)[0] == "C" or ch in "\u2028\u2029")
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     """Docker-style table: left-aligned columns separated by three spaces."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["   ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in [header, *rows]]
+    cells = [[printable(str(cell)) for cell in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -44,7 +62,7 @@ def display_id(planned: PlannedObject) -> str:
 
 
 def display_names(planned: PlannedObject, limit: int = 48) -> str:
-    text = ", ".join(planned.names) if planned.names else "<none>"
+    text = printable(", ".join(planned.names)) if planned.names else "<none>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -287,10 +305,10 @@ def render_result(result: RunResult, verbose: bool = False) -> str:
     if result.failures:
         out.append(f"FAILED: {len(result.failures)} object(s); see RESULT above.")
     if result.stopped_early:
-        out.append(f"Stopped early: {result.stopped_early}")
+        out.append(f"Stopped early: {printable(result.stopped_early)}")
     if result.audit:
         out.append("AUDIT FAILED: objects the plan kept are missing:")
-        out.extend(f"  {f.kind.value} {f.id}: {f.problem}" for f in result.audit)
+        out.extend(f"  {f.kind.value} {printable(f.id)}: {printable(f.problem)}" for f in result.audit)
     elif result.audit is not None:
         out.append("Audit: every object the plan kept is still there.")
     out.append(f"Predicted: {format_bytes(result.plan.predicted_bytes)}")

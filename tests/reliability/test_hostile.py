@@ -217,7 +217,6 @@ def test_a_hostile_answer_gives_a_clear_error_or_a_safe_keep(case, proxy, clean_
     assert elapsed < 90, f"took {elapsed:.0f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="names are printed raw")
 def test_a_hostile_answer_never_reaches_the_terminal_raw(proxy, clean_engine, count):
     """Names and labels come from whoever made the objects: a dry run's table shows them
     escaped, so an object's name cannot move the cursor, clear the screen or reverse text."""
