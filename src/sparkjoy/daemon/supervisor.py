@@ -239,10 +239,12 @@ class Supervisor:
             self._start_http()
             log.info("sparkjoy daemon started for engine %s (state %s); %s", self.host,
                      self.state.path or "in memory", self._schedule_text())
+            pause = 0.0
             while not self._stop.is_set():
                 engine = self._connect()
                 if engine is None:
                     break
+                served_from = time.monotonic()
                 try:
                     self._serve(engine)
                 except _EngineLost as lost:
@@ -250,6 +252,11 @@ class Supervisor:
                     log.warning("lost the engine at %s: %s; reconnecting", self.host, lost.why)
                 finally:
                     self._close_stream()
+                # An engine that answers pings but keeps dropping the event stream must not
+                # make this a busy loop: back off unless the last connection lasted a while.
+                pause = 0.0 if time.monotonic() - served_from > 60 else min(max(pause * 2, 0.5),
+                                                                               self.backoff_max_seconds)
+                self._stop.wait(pause)
         finally:
             self._close_stream()
             if self.http is not None:
