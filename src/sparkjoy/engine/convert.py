@@ -41,7 +41,8 @@ def parse_time(value: Any) -> datetime | None:
     # Python's parser takes at most 6 fractional digits; the engine sends 9.
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = "".join(ch for ch in rest if ch.isdigit())
+        # Only the digits before the zone: "785614954+02:00" is fraction "785614954", zone "+02:00".
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         zone = rest[len(digits):]
         text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     try:
