@@ -107,7 +107,9 @@ def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int
     if not isinstance(inspect, Mapping) or not isinstance(history, list):
         return ()
     rootfs = inspect.get("RootFS")
-    diff_ids = [d for d in rootfs.get("Layers") or [] if isinstance(d, str)] if isinstance(rootfs, Mapping) else []
+    listed = rootfs.get("Layers") if isinstance(rootfs, Mapping) else None
+    # Only a list: a string or a mapping would be read one character or key per layer.
+    diff_ids = [d for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
     if not diff_ids:
         return ()
     sizes_oldest_first = [as_int(h.get("Size"), 0) if isinstance(h, Mapping) else 0 for h in reversed(history)]
