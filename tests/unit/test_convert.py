@@ -1,0 +1,314 @@
+"""Engine JSON -> model values: odd, missing and hostile fields give the safe reading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkjoy.engine.convert import (
+    EMPTY_LAYER_DIFF_ID,
+    as_int,
+    build_cache_from,
+    chain_ids,
+    container_from,
+    image_from,
+    layers_from,
+    parse_time,
+    real_tags,
+    volume_from,
+)
+from sparkjoy.model import ContainerState, Layer
+
+UTC = timezone.utc
+
+
+# -- timestamps ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123456789Z", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.5Z", datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+        ("2024-05-01T12:00:00+02:00", datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)),
+        # The engine writes LastTagTime in the daemon's local zone, with nanoseconds.
+        ("2024-05-01T12:00:00.785614954+02:00", datetime(2024, 5, 1, 10, 0, 0, 785614, tzinfo=UTC)),
+        ("2024-05-01T05:00:00.785614954-05:00", datetime(2024, 5, 1, 10, 0, 0, 785614, tzinfo=UTC)),
+        ("2024-05-01T04:30:00.1-05:30", datetime(2024, 5, 1, 10, 0, 0, 100000, tzinfo=UTC)),
+        ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)),
+        (1714557600, datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)),
+        (1714557600.5, datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_an_engine_timestamp_becomes_an_aware_utc_time(value, expected: datetime) -> None:
+    parsed = parse_time(value)
+    assert parsed == expected
+    assert parsed.utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00.000000000Z",
+        0,
+        -5,
+        None,
+        "",
+        "yesterday",
+        "2024-13-45T99:99:99Z",
+        True,
+        False,
+        [],
+        {},
+        float("nan"),
+        float("inf"),
+        10**30,
+        "2024-05-01T10:00:00.Z+",
+    ],
+)
+def test_a_zero_missing_or_garbage_timestamp_is_no_time_at_all(value) -> None:
+    assert parse_time(value) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.integers(), st.floats(), st.none(), st.booleans()))
+def test_parse_time_never_raises_and_returns_utc_or_nothing(value) -> None:
+    parsed = parse_time(value)
+    assert parsed is None or parsed.utcoffset().total_seconds() == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(2200, 1, 1)),
+    st.integers(0, 999),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_a_time_with_nanoseconds_and_any_offset_parses_to_the_same_instant(local, nanos, offset_minutes) -> None:
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    text = f"{local:%Y-%m-%dT%H:%M:%S}.{local.microsecond:06d}{nanos:03d}{sign}{hours:02d}:{minutes:02d}"
+    expected = (local - timedelta(minutes=offset_minutes)).replace(tzinfo=UTC)
+    assert parse_time(text) == expected
+
+
+# -- numbers and tags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(5, 5), (5.9, 5), (None, -1), (True, -1), ("5", -1), ([], -1), (float("nan"), -1), (float("inf"), -1), (float("-inf"), -1)],
+)
+def test_a_number_field_of_the_wrong_type_reads_as_unknown(value, expected: int) -> None:
+    assert as_int(value) == expected
+
+
+def test_a_json_size_too_large_for_a_float_reads_as_unknown() -> None:
+    size = json.loads('{"Size": 1e400}')["Size"]
+    assert math.isinf(size)
+    assert as_int(size) == -1
+
+
+def test_none_none_tags_are_no_tags() -> None:
+    assert real_tags(["<none>:<none>", "app:1", "", "<none>@<none>"]) == ("app:1",)
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+
+def test_chain_ids_follow_the_image_spec() -> None:
+    a, b, c = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    chain_ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    chain_abc = "sha256:" + hashlib.sha256(f"{chain_ab} {c}".encode()).hexdigest()
+    assert chain_ids([a, b, c]) == [a, chain_ab, chain_abc]
+    assert chain_ids([]) == []
+
+
+def test_chain_ids_of_the_same_layer_on_different_parents_differ() -> None:
+    a, b, c = "sha256:a", "sha256:b", "sha256:c"
+    assert chain_ids([a, c])[1] != chain_ids([b, c])[1]
+
+
+def history(*sizes: int) -> list[dict]:
+    """Given step sizes oldest first, return the engine's history answer (newest first)."""
+    return [{"Size": size, "CreatedBy": f"step {i}"} for i, size in reversed(list(enumerate(sizes)))]
+
+
+def inspect_with(*diff_ids: str) -> dict:
+    return {"RootFS": {"Type": "layers", "Layers": list(diff_ids)}}
+
+
+def test_layers_line_up_with_history_steps_that_made_a_layer() -> None:
+    # FROM base (50), ENV (no layer), COPY (3), LABEL (no layer).
+    found = layers_from(inspect_with("sha256:base", "sha256:copy"), history(50, 0, 3, 0), 53)
+    chains = chain_ids(["sha256:base", "sha256:copy"])
+    assert found == (Layer(chains[0], 50), Layer(chains[1], 3))
+
+
+def test_an_empty_layer_gets_size_zero_and_the_others_keep_their_sizes() -> None:
+    # A RUN that changed nothing makes the empty tarball's layer; its step reports 0 bytes.
+    found = layers_from(
+        inspect_with("sha256:base", EMPTY_LAYER_DIFF_ID, "sha256:top"), history(50, 0, 0, 7), 57
+    )
+    assert [layer.size for layer in found] == [50, 0, 7]
+
+
+def test_layers_that_cannot_be_lined_up_fall_back_to_whole_image_accounting() -> None:
+    assert layers_from(inspect_with("sha256:a", "sha256:b"), history(50, 3, 4), 57) == ()
+
+
+def test_layers_whose_sizes_do_not_add_up_to_the_image_size_fall_back() -> None:
+    assert layers_from(inspect_with("sha256:a", "sha256:b"), history(50, 3), 60) == ()
+
+
+@pytest.mark.parametrize(
+    ("inspect", "hist"),
+    [
+        (None, history(1)),
+        ({}, history(1)),
+        ({"RootFS": None}, history(1)),
+        ({"RootFS": "layers"}, history(1)),
+        ({"RootFS": {"Layers": None}}, history(1)),
+        ({"RootFS": {"Layers": 5}}, history(1)),
+        ({"RootFS": {"Layers": {"sha256:a": 1}}}, history(1)),
+        (inspect_with("sha256:a"), None),
+        (inspect_with("sha256:a"), {"Size": 1}),
+        (inspect_with("sha256:a"), [None, "x", 5]),
+        (inspect_with("sha256:a"), [{"Size": "1"}]),
+    ],
+)
+def test_malformed_inspect_or_history_answers_give_no_layer_detail(inspect, hist) -> None:
+    assert layers_from(inspect, hist, 1) == ()
+
+
+def test_a_layer_list_sent_as_a_string_is_not_read_as_one_layer_per_character() -> None:
+    # Eight one-byte steps and an 8-byte image would line up with the 8 characters.
+    assert layers_from({"RootFS": {"Layers": "sha256:a"}}, history(*[1] * 8), 8) == ()
+
+
+# -- whole objects from hostile JSON ---------------------------------------------------------------
+
+
+def test_an_image_with_nulls_everywhere_reads_as_unknown_times_and_sizes() -> None:
+    summary = {"Id": "sha256:x", "RepoTags": None, "Created": None, "Size": None, "SharedSize": None, "Labels": None}
+    inspect = {"Metadata": None, "RepoTags": None, "Config": None, "Created": None, "Parent": None}
+    image = image_from(summary, inspect, ())
+    assert image.id == "sha256:x"
+    assert image.repo_tags == ()
+    assert image.created is None and image.last_tag_time is None
+    assert image.size == 0 and image.shared_size == -1
+    assert image.labels == {} and image.parent_id == ""
+
+
+def test_an_image_takes_tags_and_last_tag_time_from_inspect_and_drops_none_tags() -> None:
+    summary = {"Id": "sha256:x", "RepoTags": ["<none>:<none>"], "Size": 10, "SharedSize": 4, "Labels": {"a": "1"}}
+    inspect = {
+        "RepoTags": ["app:1", "<none>:<none>"],
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        "Created": "2024-05-01T10:00:00.000000001Z",
+    }
+    image = image_from(summary, inspect, ())
+    assert image.repo_tags == ("app:1",)
+    assert image.last_tag_time is None  # loaded images have the zero time: no tag time, not "old"
+    assert image.created == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert (image.size, image.shared_size, image.labels) == (10, 4, {"a": "1"})
+
+
+def test_image_labels_fall_back_to_the_config_and_odd_values_become_text() -> None:
+    image = image_from({"Id": "x", "Labels": {}}, {"Config": {"Labels": {"n": 5, "null": None}}}, ())
+    assert image.labels == {"n": "5", "null": ""}
+
+
+@pytest.mark.parametrize("state", [None, "", "Running", "weird", 5, ["exited"], {"Status": "exited"}])
+def test_a_container_in_an_unknown_or_odd_state_reads_as_in_use(state) -> None:
+    summary = {"Id": "c", "State": state}
+    container = container_from(summary, None)
+    if state == "Running":
+        assert container.state is ContainerState.RUNNING
+    else:
+        assert container.state is ContainerState.UNKNOWN
+    assert not container.state.stopped
+
+
+def test_the_inspected_state_wins_over_the_summary_and_gives_the_finish_time() -> None:
+    summary = {"Id": "c", "State": "running", "Names": ["/web"], "ImageID": "sha256:i", "Image": "app:1",
+               "Created": 1714557600, "SizeRw": 12,
+               "Mounts": [{"Type": "volume", "Name": "data"}, {"Type": "bind", "Name": "x"}, "junk", {"Type": "volume"}]}
+    inspect = {"State": {"Status": "exited", "FinishedAt": "2024-05-01T11:00:00.5Z"}}
+    container = container_from(summary, inspect)
+    assert container.state is ContainerState.EXITED
+    assert container.finished == datetime(2024, 5, 1, 11, 0, 0, 500000, tzinfo=UTC)
+    assert container.created == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert container.names == ("web",)
+    assert container.volumes == ("data",)
+    assert container.size_rw == 12
+
+
+def test_a_never_started_container_has_no_finish_time() -> None:
+    inspect = {"State": {"Status": "created", "FinishedAt": "0001-01-01T00:00:00Z"}}
+    container = container_from({"Id": "c", "State": "created"}, inspect)
+    assert container.state is ContainerState.CREATED and container.finished is None
+
+
+def test_a_container_with_garbage_fields_still_converts() -> None:
+    summary = {"Id": "c", "Names": "web", "ImageID": 5, "Labels": ["a"], "Mounts": {"a": 1}, "SizeRw": "big"}
+    container = container_from(summary, {"State": "exited"})
+    assert container.names == () and container.image_id == "" and container.labels == {}
+    assert container.volumes == () and container.size_rw == 0
+    assert container.state is ContainerState.UNKNOWN
+
+
+@pytest.mark.parametrize("value", [None, "yes", 1, "false"])
+def test_a_build_cache_record_with_unknown_in_use_or_shared_reads_as_both(value) -> None:
+    record = build_cache_from({"ID": "r", "InUse": value, "Shared": value, "Size": 10})
+    assert record.in_use is True
+    assert record.shared is True
+
+
+def test_a_build_cache_record_reads_its_parent_from_parents_and_clamps_its_size() -> None:
+    record = build_cache_from(
+        {"ID": "r", "Parents": ["p1", "p2"], "InUse": False, "Shared": False, "Size": -3,
+         "LastUsedAt": "2024-05-01T10:00:00.123456789Z", "CreatedAt": None}
+    )
+    assert record.parent == "p1"
+    assert record.size == 0
+    assert record.in_use is False and record.shared is False
+    assert record.last_used == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert record.created is None
+
+
+def test_a_volume_without_usage_data_has_unknown_size_and_users() -> None:
+    volume = volume_from({"Name": "v", "UsageData": None, "Labels": None, "CreatedAt": "0001-01-01T00:00:00Z"})
+    assert (volume.size, volume.ref_count, volume.labels, volume.created) == (-1, -1, {}, None)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10,
+)
+FIELDS = ["Id", "ID", "RepoTags", "Created", "Size", "SharedSize", "Labels", "State", "Names", "Mounts",
+          "Metadata", "Config", "Parent", "ParentId", "InUse", "Shared", "Parents", "LastUsedAt", "CreatedAt",
+          "UsageData", "RootFS", "SizeRw", "ImageID", "Status", "FinishedAt", "Layers", "LastTagTime", "RefCount"]
+HOSTILE = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(HOSTILE, HOSTILE | st.none(), st.lists(JSON_VALUES, max_size=4) | JSON_VALUES)
+def test_hostile_engine_json_never_makes_a_converter_raise(summary, inspect, hist) -> None:
+    image_from(summary, inspect, layers_from(inspect, hist, as_int(summary.get("Size"), -1)))
+    container = container_from(summary, inspect)
+    record = build_cache_from(summary)
+    volume_from(summary)
+    # The safe readings: anything not clearly stopped is in use; unknown flags are True.
+    if not isinstance(summary.get("InUse"), bool):
+        assert record.in_use
+    if container.state.stopped:
+        assert container.state.value in ("created", "exited", "dead")
