@@ -201,6 +201,12 @@ def test_docker_host_wins_over_the_current_context(env: Env, mess: Mess, tmp_pat
     assert mess.old_image in {o["id"] for o in one_json(expect(done, 0))["objects"]}
 
 
+def test_tls_variables_without_certificates_are_a_usage_error_naming_them(env: Env, tmp_path: Path) -> None:
+    done = sparkjoy(env, "df", host=False, extra_env={
+        "DOCKER_HOST": "tcp://127.0.0.1:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path / "none")})
+    assert "DOCKER_TLS_VERIFY" in expect(done, 2).stderr
+
+
 def test_an_unknown_docker_context_is_a_usage_error(env: Env) -> None:
     done = expect(sparkjoy(env, "df", host=False, extra_env={"DOCKER_CONTEXT": "nosuch"}), 2)
     assert "nosuch" in done.stderr
@@ -289,6 +295,15 @@ def test_answering_yes_at_the_prompt_deletes_the_plan(env: Env, mess: Mess) -> N
 
 
 # -- pruning ---------------------------------------------------------------------------------
+
+
+def test_nothing_to_prune_is_success_and_needs_no_confirmation(env: Env) -> None:
+    busybox_image(env.engine, "sjt/new:1")  # tagged just now: not old under the default policy
+    done = expect(sparkjoy(env, "prune"), 0)
+    assert "Nothing to prune." in done.stdout and done.stdout.rstrip().endswith("Total reclaimed space: 0B")
+    data = one_json(expect(sparkjoy(env, "prune", "-f", "--format", "json"), 0))
+    assert data["reclaimed_bytes"] == 0 and data["ok"] is True
+    assert [o["result"] for o in data["objects"]] == ["kept"]
 
 
 def test_force_deletes_without_asking(env: Env, mess: Mess) -> None:
