@@ -25,6 +25,7 @@ DAEMON_FLAGS = {
     "data_root": "daemon.data_root", "state_db": "daemon.state_db",
     "build_wait_limit": "daemon.build_wait_limit", "quiet_period": "daemon.quiet_period",
     "listen": "daemon.listen", "log_format": "daemon.log_format", "disable": "daemon.disable",
+    "scope_from_builds": "daemon.scope_from_builds",
 }
 
 
@@ -53,6 +54,8 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
               "(default 127.0.0.1:9867; \"off\" to disable).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log as plain text or JSON lines.")
 @click.option("--disable/--enable", "disable", default=None, help="Record last use but never prune.")
+@click.option("--scope-from-builds", is_flag=True, default=None,
+              help="Prune only repositories that dev tools claim in build notifications (--repo of `sparkjoy build`).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and deleted object (debug level).")
 def run_command(**params: Any) -> None:
     """Run the pruner as a service: prune at the right moments, never while a build runs.
@@ -112,6 +115,9 @@ def _client_options(fn):
                                          "allow_interspersed_args": False})
 @_client_options
 @click.option("--id", "build_id", help="A name for the build, shown in the daemon's log.")
+@click.option("--repo", "repos", multiple=True, metavar="NAME",
+              help="A repository (or glob) this build makes; a daemon with scope_from_builds prunes only "
+              "claimed ones (repeatable).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def build_command(command: tuple[str, ...], **params: Any) -> None:
     """Run COMMAND as a build: the daemon does not prune while it runs.
@@ -129,7 +135,7 @@ def build_command(command: tuple[str, ...], **params: Any) -> None:
     client = None
     try:
         client = _client(params)
-        build_id = client.build_started(params.get("build_id"))
+        build_id = client.build_started(params.get("build_id"), params.get("repos") or ())
     except (ConfigError, DaemonUnavailable) as error:
         # A build never fails because of the pruner: say why it is not announced, and build.
         click.echo(f"sparkjoy: warning: {error}; running the build anyway", err=True)

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS images (
     last_used REAL,             -- unix seconds, NULL when never seen in use
     PRIMARY KEY (engine, image_id)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    engine TEXT NOT NULL,
+    repository TEXT NOT NULL,   -- a repository glob a dev tool said is its own
+    last_claimed REAL NOT NULL, -- unix seconds
+    PRIMARY KEY (engine, repository)
+);
 CREATE TABLE IF NOT EXISTS engines (
     engine TEXT PRIMARY KEY,
     last_event_nanos INTEGER,   -- the engine's timeNano of the last event read
@@ -295,6 +301,27 @@ class State:
                 "UPDATE engines SET last_prune = ?, builds_at_last_prune = builds_seen WHERE engine = ?",
                 (_seconds(when), self.engine),
             )
+
+    # -- claims -------------------------------------------------------------------------
+
+    @_recovering(None)
+    def record_claims(self, repositories: Iterable[str], now: datetime) -> None:
+        """Remember repository globs a dev tool said are its own (see ``daemon.scope_from_builds``)."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT INTO claims (engine, repository, last_claimed) VALUES (?, ?, ?) "
+                "ON CONFLICT (engine, repository) DO UPDATE SET last_claimed = excluded.last_claimed",
+                [(self.engine, repository, _seconds(now)) for repository in repositories],
+            )
+
+    @_recovering(tuple)
+    def claims(self) -> tuple[str, ...]:
+        """Given what dev tools announced, return every repository glob they claimed, sorted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT repository FROM claims WHERE engine = ? ORDER BY repository", (self.engine,)
+            ).fetchall()
+        return tuple(row[0] for row in rows)
 
 
 def _connect(target: str) -> sqlite3.Connection:

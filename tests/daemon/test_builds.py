@@ -90,3 +90,33 @@ def test_the_library_client_announces_a_build_for_the_duration_of_a_block(engine
             daemon.wait_for(lambda: "from-a-library" in daemon.supervisor.announced_builds, "the announcement")
         daemon.wait_for(lambda: daemon.supervisor.announced_builds == {}, "the build to be finished")
         assert daemon.supervisor.build_finished_since_start
+
+
+def test_with_scope_from_builds_only_repositories_a_dev_tool_claimed_are_pruned(clean_engine, tmp_path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sparkjoy.state import State
+    from tests.daemon.support import image_exists
+    from tests.fixtures import import_image
+
+    engine = clean_engine
+    mine = import_image(engine, 1000, "mine/app:1", tag_on_load=True)
+    theirs = import_image(engine, 1000, "theirs/app:1", tag_on_load=True)
+    seeded = State.open(tmp_path / "state.db", engine.host)
+    seeded.ensure_seen([mine, theirs], datetime.now(timezone.utc) - timedelta(days=2))
+    seeded.close()
+
+    with RunningDaemon(engine, tmp_path, scope_from_builds=True) as daemon:
+        daemon.supervisor.request_prune()
+        daemon.wait_for(lambda: not daemon.supervisor.prune_requested and daemon.supervisor.pruned_since_start,
+                        "the prune with nothing claimed")
+        assert image_exists(engine, mine) and image_exists(engine, theirs)
+
+        with Client("%s:%d" % daemon.supervisor.http.address).build("tool-build", repos=["mine/*"]):
+            daemon.wait_for(lambda: daemon.supervisor.state.claims() == ("mine/*",), "the claim")
+        summary = daemon.prune_and_wait()
+
+    assert summary.removed["image"] == 1
+    assert not image_exists(engine, mine)
+    assert image_exists(engine, theirs), "another project's image is never touched"
+    assert State.open(tmp_path / "state.db", engine.host).claims() == ("mine/*",), "claims survive a restart"

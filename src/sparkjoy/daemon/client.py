@@ -7,7 +7,7 @@ It speaks to the daemon's HTTP endpoints (``POST /build/start``, ``/build/finish
     from sparkjoy.daemon import Client
 
     client = Client()                      # or Client("127.0.0.1:9867"), or Client.from_config()
-    with client.build("myapp"):            # no prune starts while this block runs
+    with client.build("myapp", repos=["myapp"]):   # no prune starts while this block runs
         subprocess.run(["docker", "build", "-t", "myapp:dev", "."], check=True)
     client.prune_now()                     # a prune as soon as no build is in progress
 
@@ -75,9 +75,16 @@ class Client:
             answer = {}
         return answer if isinstance(answer, dict) else {}
 
-    def build_started(self, build_id: str | None = None) -> str:
-        """Tell the daemon a build starts; return the id to pass to ``build_finished``."""
-        answer = self._post("/build/start", {"id": build_id} if build_id else {})
+    def build_started(self, build_id: str | None = None, repos: list[str] | tuple[str, ...] = ()) -> str:
+        """Tell the daemon a build starts; return the id to pass to ``build_finished``.
+
+        ``repos``: repository names or globs this tool builds; a daemon run with
+        ``scope_from_builds`` prunes only those (it remembers them across restarts).
+        """
+        payload: dict[str, Any] = {"id": build_id} if build_id else {}
+        if repos:
+            payload["repos"] = list(repos)
+        answer = self._post("/build/start", payload)
         return str(answer.get("id") or build_id or "")
 
     def build_finished(self, build_id: str) -> None:
@@ -89,10 +96,11 @@ class Client:
         self._post("/prune", {})
 
     @contextmanager
-    def build(self, build_id: str | None = None, *, strict: bool = False) -> Iterator[str | None]:
+    def build(self, build_id: str | None = None, *, repos: list[str] | tuple[str, ...] = (),
+              strict: bool = False) -> Iterator[str | None]:
         """Announce a build for the duration of the block; yields its id (None when no daemon answered)."""
         try:
-            started = self.build_started(build_id)
+            started = self.build_started(build_id, repos)
         except DaemonUnavailable as error:
             if strict:
                 raise

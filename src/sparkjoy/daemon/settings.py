@@ -103,6 +103,10 @@ def _log_format(value: Any) -> str:
 
 
 KEYS = (
+    config.Key("scope_from_builds", config._boolean, False,
+               "Prune only images of repositories that dev tools named as theirs in build notifications "
+               "(the \"repos\" of POST /build/start, Client.build(repos=...)), plus the repos setting; "
+               "nothing until one does.", "scope_from_builds = true", section="daemon"),
     config.Key("disable", config._boolean, False,
                "Run without ever pruning (the daemon still records last use).", "disable = false",
                section="daemon"),
@@ -160,6 +164,7 @@ class DaemonSettings:
     """Checked daemon settings. Build with ``from_settings``; invariants hold once it exists."""
 
     disable: bool = False
+    scope_from_builds: bool = False
     interval: timedelta = DEFAULT_INTERVAL
     num_builds: int = 0
     high_watermark: Watermark | None = None
@@ -202,6 +207,7 @@ class DaemonSettings:
                    else Watermark(bytes=int(high.bytes * 0.9)))
         return cls(
             disable=values["disable"],
+            scope_from_builds=values["scope_from_builds"],
             interval=values["interval"] or DEFAULT_INTERVAL,
             num_builds=values["num_builds"],
             high_watermark=high,

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +45,7 @@ from ..errors import ConfigError, EngineError, EngineUnreachable, SparkjoyError
 from ..executor import Executor, ObjectResult, Outcome, RunResult
 from ..model import Kind, Snapshot
 from ..planner import plan as make_plan
+from ..policy import Policy
 from ..state import State
 from ..units import format_bytes, format_duration
 from .events import DockerResolver, EventInterpreter, EventStream, observe
@@ -225,6 +226,19 @@ class Supervisor:
     def build_finished(self, build_id: str) -> None:
         self._queue.put((None, "build-finish", build_id))
 
+    def claim(self, repositories: list[str]) -> None:
+        """A dev tool says these repository globs are its own (used with ``scope_from_builds``)."""
+        self._queue.put((None, "claim", list(repositories)))
+
+    def effective_policy(self) -> Policy | None:
+        """The policy with the claimed repositories as scope under ``scope_from_builds``;
+        None when that leaves nothing in scope (no tool has claimed anything yet)."""
+        if not self.daemon.scope_from_builds:
+            return self.policy
+        assert self.state is not None
+        repos = tuple(dict.fromkeys(self.policy.repos + self.state.claims()))
+        return replace(self.policy, repos=repos) if repos else None
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -300,7 +314,7 @@ class Supervisor:
         return None
 
     def _serve(self, engine: DockerEngine) -> None:
-        self.interpreter = EventInterpreter(DockerResolver(engine.api), self.policy)
+        self.interpreter = EventInterpreter(DockerResolver(engine.api), self._counting_policy())
         # The stream gets a client of its own: it blocks in a read for as long as it lives.
         stream_api = DockerEngine(engine.connection, timeout=self.settings.timeout).api
         assert self.state is not None
@@ -399,6 +413,12 @@ class Supervisor:
             elif what == "build-start":
                 self.announced_builds[payload] = self.clock()
                 log.info("build %s announced as starting", payload)
+            elif what == "claim":
+                assert self.state is not None
+                self.state.record_claims(payload, self.clock())
+                if self.interpreter is not None:
+                    self.interpreter.policy = self._counting_policy()
+                log.info("repositories claimed by a dev tool: %s", ", ".join(payload))
             elif what == "build-finish":
                 if self.announced_builds.pop(payload, None) is not None:
                     self.build_finished_since_start = True
@@ -557,11 +577,27 @@ class Supervisor:
 
     # -- pruning -------------------------------------------------------------------------
 
+    def _counting_policy(self) -> Policy:
+        # Builds count when an image of the scope is tagged; before any claim, none does.
+        policy = self.effective_policy() if self.state is not None else self.policy
+        return policy if policy is not None else replace(self.policy, repos=("\0 nothing claimed yet",))
+
     def _prune(self, engine: DockerEngine, snapshot: Snapshot, decision: Decision) -> None:
         assert self.state is not None and decision.trigger is not None
         trigger = decision.trigger
         started = time.monotonic()
         now = self.clock()
+        policy = self.effective_policy()
+        if policy is None:
+            log.info("prune (trigger=%s) skipped: scope_from_builds is on and no dev tool has claimed a "
+                     "repository yet, so nothing is in scope", trigger.value)
+            if trigger is not Trigger.DISK_PRESSURE:
+                self.state.record_prune(now)
+                self.pruned_since_start = True
+            self.prune_requested = False
+            self.disk_pressure = False
+            self.waiting_since = None
+            return
         image_ids = [image.id for image in snapshot.images]
         self.state.ensure_seen(image_ids, now)
         memory = self.state.memory()
@@ -575,7 +611,7 @@ class Supervisor:
                 log.info("disk usage %s is already under the low watermark: nothing to evict",
                          self._usage_text(used, total))
                 return
-            eligible = make_plan(snapshot, eviction_policy(self.policy), memory, now=now)
+            eligible = make_plan(snapshot, eviction_policy(policy), memory, now=now)
             eviction = plan_eviction(eligible, need)
             the_plan = eviction.plan
             note = eviction.describe()
@@ -584,9 +620,9 @@ class Supervisor:
                 f"of the {format_bytes(need)} needed")
             log.info("disk usage %s above %s: %s", self._usage_text(used, total), self.daemon.high_watermark, doing)
         else:
-            the_plan = make_plan(snapshot, self.policy, memory, now=now)
+            the_plan = make_plan(snapshot, policy, memory, now=now)
         try:
-            self.metrics.record_plan_usage(make_plan(snapshot, self.policy, memory, now=now)
+            self.metrics.record_plan_usage(make_plan(snapshot, policy, memory, now=now)
                                            if eviction else the_plan)
         except Exception as error:  # metrics must never stop a prune
             log.debug("metrics: %s", error)
@@ -660,16 +696,29 @@ class Supervisor:
             return
         from .http import HookError, ServiceServer, parse_listen
 
+        def claimed(payload: dict) -> list[str]:
+            repos = payload.get("repos", [])
+            if (not isinstance(repos, list) or len(repos) > 100
+                    or not all(isinstance(r, str) and r.strip() and len(r) <= 255 for r in repos)):
+                raise HookError(400, "repos must be a list of at most 100 repository names or globs")
+            return [r.strip() for r in repos]
+
         def on_build_start(payload: dict) -> dict:
             build_id = payload.get("id")
             if build_id is not None and (not isinstance(build_id, str) or not build_id.strip()):
                 raise HookError(400, "id must be a non-empty string")
+            repos = claimed(payload)
+            if repos:
+                self.claim(repos)
             return {"id": self.build_started(build_id)}
 
         def on_build_finish(payload: dict) -> dict:
             build_id = payload.get("id")
             if not isinstance(build_id, str) or not build_id:
                 raise HookError(400, "send the id that /build/start answered")
+            repos = claimed(payload)
+            if repos:
+                self.claim(repos)
             self.build_finished(build_id)
             return {"id": build_id}
 
