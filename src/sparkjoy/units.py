@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {
@@ -52,6 +53,10 @@ _SIZE_UNITS = {
 }
 
 
+# The engine counts bytes in a signed 64-bit integer.
+_MAX_SIZE = 2**63 - 1
+
+
 def parse_size(text: str | int) -> int:
     """Given ``"10GB"``, ``"512MiB"``, ``"1.5g"`` or ``1000``, return bytes."""
     if isinstance(text, bool):
@@ -59,13 +64,20 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"size {text} is negative")
+        if text > _MAX_SIZE:
+            raise ValueError(f"size {text} is larger than the engine can count (8EiB)")
         return text
     if not isinstance(text, str):
         raise ValueError(f"expected a size such as '10GB', got {text!r}")
     match = _SIZE.match(text.strip().lower())
     if not match or match.group(2) not in _SIZE_UNITS:
         raise ValueError(f"invalid size {text!r}: use a number with a unit, such as 500MB, 10GB or 2GiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    # Decimal, not float: "1.001kB" is 1001 bytes (a float gives 1000.99... -> 1000), and a
+    # number too long for a float cannot overflow.
+    size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if size > _MAX_SIZE:
+        raise ValueError(f"size {text!r} is larger than the engine can count (8EiB)")
+    return size
 
 
 def format_bytes(count: int) -> str:
