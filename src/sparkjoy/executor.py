@@ -110,7 +110,11 @@ class Executor:
                 result = self._execute_one(planned, removed_containers)
             except EngineUnreachable as error:
                 stopped_early = f"engine unreachable: {error.cause}"
-                result = ObjectResult(planned, Outcome.SKIPPED, stopped_early)
+                # Attempted, not skipped: the engine may have done the deletion and gone
+                # before answering, so only the objects after this one are "not attempted".
+                result = ObjectResult(
+                    planned, Outcome.FAILED, f"{stopped_early} (it may or may not have been deleted)"
+                )
             except EngineError as error:
                 result = ObjectResult(planned, Outcome.FAILED, str(error))
             if result.outcome is Outcome.DELETED and planned.kind is Kind.CONTAINER:
