@@ -85,6 +85,15 @@ class Policy:
         for pattern in (*self.repos, *self.exclude):
             if not isinstance(pattern, str) or not pattern.strip():
                 problems.append(f"empty or invalid pattern {pattern!r} in repos/exclude")
+        for toggle in ("containers", "images", "build_cache"):
+            # "false" as text is truthy: a toggle that is not a bool would switch pruning on.
+            if not isinstance(getattr(self, toggle), bool):
+                problems.append(f"{toggle} must be true or false, got {getattr(self, toggle)!r}")
+        try:
+            # The planner compares modes by identity; "none" as text would prune every volume.
+            object.__setattr__(self, "volumes", VolumeMode(self.volumes))
+        except ValueError:
+            problems.append(f"volumes must be one of none, anonymous, all, got {self.volumes!r}")
         if problems:
             raise ConfigError(problems)
         object.__setattr__(self, "_repo_patterns", tuple(_compile_glob(p) for p in self.repos))
