@@ -115,7 +115,11 @@ def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int
     sizes_oldest_first = [as_int(h.get("Size"), 0) if isinstance(h, Mapping) else 0 for h in reversed(history)]
     nonzero = [s for s in sizes_oldest_first if s > 0]
     non_empty_layers = [i for i, d in enumerate(diff_ids) if d != EMPTY_LAYER_DIFF_ID]
-    if len(nonzero) == len(diff_ids):
+    if len(sizes_oldest_first) == len(diff_ids):
+        # One history step per layer (BuildKit, `docker load`): a step of size 0 is a layer of
+        # 0 bytes (a RUN that only makes links or directories), not a step without a layer.
+        layer_sizes = sizes_oldest_first
+    elif len(nonzero) == len(diff_ids):
         layer_sizes = nonzero
     elif len(nonzero) == len(non_empty_layers):
         layer_sizes = [0] * len(diff_ids)
