@@ -16,7 +16,8 @@ objects are deleted, in this order, which bytes go, and which object frees them?
 Matching cache records to layers: the engine's API does not say which layer a record
 holds. A shared record's ``Size`` equals the size of the layer it holds (observed on
 Engine 20.10, where both come from the same diff), so a shared record is matched to a
-layer of equal size, preferring the layer whose parent is held by the record's parent.
+layer of equal size, preferring the layer whose parent is held by the record's parent; when
+several layers still fit, the record is left unmatched rather than guessed.
 A shared record that matches no layer is treated as sharing its bytes with something
 that stays: it is predicted to free nothing.
 """
@@ -185,6 +186,10 @@ def _match_records(
             preferred = [c for c in candidates if parent_layer and layer_parent.get(c) == parent_layer]
             if preferred:
                 candidates = preferred
+        if len(candidates) > 1:
+            # Several layers of this size and nothing to tell them apart: guessing could tie the
+            # record to another project's image. Unmatched, it frees nothing and is in no scope.
+            return None
         matched[record.id] = candidates[0]
         return candidates[0]
 
