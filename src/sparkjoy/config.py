@@ -271,6 +271,10 @@ def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, st
     except tomllib.TOMLDecodeError as error:
         problems.append(f"{path}: not valid TOML: {error}")
         return
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        problems.append(f"{path}: not valid TOML: arrays or tables nested too deeply")
+        return
     except OSError as error:
         problems.append(f"{path}: cannot read: {error.strerror or error}")
         return
