@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from sparkjoy.daemon.watermarks import eviction_policy, plan_eviction
 from sparkjoy.model import Kind
 from sparkjoy.planner import Decision, Memory, plan
 from sparkjoy.policy import Policy
+from sparkjoy.usage import LayerLedger, engine_usage
 from tests.unit.builders import NOW, ago, container, image, layers, record, snapshot
+from tests.unit.test_planner_properties import build_policy, snapshots
 
 MB = 1_000_000
 POLICY = Policy(max_age=timedelta(hours=6), keep_recent=0)
@@ -126,3 +131,32 @@ def test_stopped_containers_and_volumes_are_left_to_the_policy() -> None:
 
     assert deleted(eviction) == []
     assert {o.kind for o in eviction.plan.objects if o.decision is Decision.KEEP} == {Kind.CONTAINER, Kind.IMAGE}
+
+
+# -- properties on random snapshots (the planner's own generators) ---------------------
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(generated=snapshots(), policy_seed=st.integers(0, 2**32 - 1), fraction=st.floats(0, 1.2))
+def test_eviction_picks_only_what_the_rules_allow_oldest_first_and_frees_what_it_predicts(
+    generated, policy_seed, fraction
+) -> None:
+    snap, memory = generated
+    eligible = plan(snap, eviction_policy(build_policy(policy_seed)), memory, now=NOW)
+    need = int(engine_usage(snap) * fraction)
+
+    eviction = plan_eviction(eligible, need)
+
+    candidates = {o.key: o for o in eligible.deletions if o.kind in (Kind.IMAGE, Kind.BUILD_CACHE)}
+    chosen = [o.key for o in eviction.plan.deletions]
+    assert set(chosen) <= set(candidates), "only objects the planner's rules let go"
+    assert chosen == [o.key for o in eligible.objects if o.key in set(chosen)], "in the planner's safe order"
+    freed = LayerLedger(snap).freed(chosen).total
+    assert eviction.predicted_bytes == freed
+    assert eviction.met == (freed >= need)
+    if not eviction.met:
+        assert set(chosen) == set(candidates), "short of the target only when everything eligible goes"
+    if need > 0 and candidates:
+        oldest = min(candidates.values(), key=lambda o: (o.reference_time or NOW.min.replace(tzinfo=NOW.tzinfo),
+                                                         o.kind.value, o.id))
+        assert oldest.key in chosen, "the least recently used goes first"
