@@ -79,7 +79,10 @@ def _non_negative_duration(value: Any) -> timedelta:
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a file path, got {value!r}")
-    return str(Path(value.strip()).expanduser())
+    try:
+        return str(Path(value.strip()).expanduser())
+    except RuntimeError:  # "~nosuchuser/x": no home directory to expand to
+        raise ValueError(f"cannot expand {value!r}: no such user's home directory") from None
 
 
 def _listen(value: Any) -> str:
