@@ -185,6 +185,7 @@ class Supervisor:
         # What this run knows (the loop thread's own; other threads only read it).
         self.started_at: datetime | None = None
         self.pruned_since_start = False
+        self.last_prune_here: datetime | None = None
         self.build_finished_since_start = False
         self.prune_requested = False
         self.waiting_since: datetime | None = None
@@ -475,9 +476,12 @@ class Supervisor:
         assert self.state is not None and self.started_at is not None
         mark = self.state.prune_mark()
         in_flight, detail = self._builds_in_flight(now)
+        # The remembered time, or this process's own when the database could not keep it:
+        # a failing database must never turn into a prune on every tick.
+        last_prune = max((t for t in (mark.when, self.last_prune_here) if t is not None), default=None)
         return Situation(
             started_at=self.started_at,
-            last_prune=mark.when,
+            last_prune=last_prune,
             pruned_since_start=self.pruned_since_start,
             builds_seen=mark.builds_seen,
             builds_at_last_prune=mark.builds_at_last_prune,
@@ -594,6 +598,7 @@ class Supervisor:
             if trigger is not Trigger.DISK_PRESSURE:
                 self.state.record_prune(now)
                 self.pruned_since_start = True
+                self.last_prune_here = now
             self.prune_requested = False
             self.disk_pressure = False
             self.waiting_since = None
@@ -645,6 +650,7 @@ class Supervisor:
             # Eviction is not the policy's prune: it does not move the interval or build count.
             self.state.record_prune(now)
             self.pruned_since_start = True
+            self.last_prune_here = now
         if trigger is Trigger.REQUESTED:
             self.prune_requested = False
         self.waiting_since = None
