@@ -9,6 +9,7 @@ children before parents; then volumes.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -95,7 +96,16 @@ EMPTY_MEMORY = Memory()
 
 def plan(snapshot: Snapshot, policy: Policy, memory: Memory = EMPTY_MEMORY, *, now: datetime) -> Plan:
     """Given what the engine holds, the policy, what we remember and the time, decide every object."""
-    return _Planner(snapshot, policy, memory, now).run()
+    # Planning allocates several small objects per engine object and makes no reference
+    # cycles; the cyclic collector would only rescan the (large) snapshot again and again,
+    # a third of the time on 10,000 images. Pause it for the plan.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _Planner(snapshot, policy, memory, now).run()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _age_phrase(now: datetime, when: datetime) -> str:
@@ -109,16 +119,21 @@ class _Planner:
         self.memory = memory
         self.now = now
         self.images_by_id = {image.id: image for image in snapshot.images}
+        self._everything_old = policy.everything_old
+        # Said in the reason of every object the age decides: worded once.
+        self._max_age_text = (
+            "negative max age: everything counts as old"
+            if self._everything_old
+            else f"max age {format_duration(policy.max_age)}"
+        )
 
     def is_old(self, when: datetime) -> bool:
-        if self.policy.everything_old:
+        if self._everything_old:
             return True
         return self.now - when > self.policy.max_age
 
     def max_age_text(self) -> str:
-        if self.policy.everything_old:
-            return "negative max age: everything counts as old"
-        return f"max age {format_duration(self.policy.max_age)}"
+        return self._max_age_text
 
     def run(self) -> Plan:
         containers = self.plan_containers()
@@ -350,13 +365,21 @@ class _Planner:
                         )
                         changed = True
 
+        depths: dict[str, int] = {}
+
         def depth(record: BuildCacheRecord) -> int:
-            d, seen, current = 0, {record.id}, record.parent
-            while current and current in records and current not in seen:
-                d += 1
+            # Walk up to the first ancestor whose depth is known, then remember the chain walked.
+            chain, seen, current = [record.id], {record.id}, record.parent
+            while current and current in records and current not in seen and current not in depths:
+                chain.append(current)
                 seen.add(current)
                 current = records[current].parent
-            return d
+            if current in seen:  # a loop in the engine's answers: count the steps, remember nothing
+                return len(chain) - 1
+            top = depths[current] + 1 if current in depths else 0
+            for steps_below_top, record_id in enumerate(reversed(chain)):
+                depths[record_id] = top + steps_below_top
+            return depths[record.id]
 
         ordered = sorted(records.values(), key=lambda r: (-depth(r), r.id))
         return [
