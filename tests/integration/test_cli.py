@@ -142,6 +142,13 @@ def mess(clean_engine: IsolatedEngine) -> Mess:
     return Mess(runner, running, old, dangling, exited, rebuild)
 
 
+@pytest.fixture
+def doomed(clean_engine: IsolatedEngine) -> str:
+    """One image a `prune -f` with EVERYTHING_OLD deletes: for tests that check a run which
+    must fail early deletes nothing."""
+    return import_image(clean_engine, 100_000, "sjt/doomed:1")
+
+
 def all_ids(engine: IsolatedEngine) -> set[str]:
     return set().union(*inventory(engine).values())
 
@@ -399,7 +406,7 @@ def test_a_deletion_the_engine_fails_makes_a_partial_failure_exit_1(env: Env, me
     ids=["unknown-key", "bad-duration", "negative-keep", "unknown-engine-key", "invalid-toml", "binary"],
 )
 def test_a_bad_config_file_is_exit_2_naming_the_problem_and_deletes_nothing(
-        env: Env, mess: Mess, tmp_path: Path, content: bytes, named: list[str]) -> None:
+        env: Env, doomed: str, tmp_path: Path, content: bytes, named: list[str]) -> None:
     path = tmp_path / "bad.toml"
     path.write_bytes(content)
     before = all_ids(env.engine)
@@ -410,15 +417,17 @@ def test_a_bad_config_file_is_exit_2_naming_the_problem_and_deletes_nothing(
     assert all_ids(env.engine) == before
 
 
-def test_an_empty_config_file_is_fine(env: Env, mess: Mess, tmp_path: Path) -> None:
+def test_an_empty_config_file_is_fine(env: Env, doomed: str, tmp_path: Path) -> None:
     path = tmp_path / "empty.toml"
     path.write_bytes(b"")
-    expect(sparkjoy(env, "df", "--config", str(path)), 0)
+    expect(sparkjoy(env, "prune", "-f", "--config", str(path), *EVERYTHING_OLD), 0)
+    assert doomed not in all_ids(env.engine)
 
 
-def test_a_missing_config_file_is_exit_2(env: Env, mess: Mess, tmp_path: Path) -> None:
-    done = expect(sparkjoy(env, "df", "--config", str(tmp_path / "nope.toml")), 2)
+def test_a_missing_config_file_is_exit_2(env: Env, doomed: str, tmp_path: Path) -> None:
+    done = expect(sparkjoy(env, "prune", "-f", "--config", str(tmp_path / "nope.toml"), *EVERYTHING_OLD), 2)
     assert "nope.toml" in done.stderr
+    assert doomed in all_ids(env.engine)
 
 
 @pytest.mark.parametrize(
@@ -438,7 +447,7 @@ def test_a_missing_config_file_is_exit_2(env: Env, mess: Mess, tmp_path: Path) -
          "env-timeout"],
 )
 def test_bad_flags_and_environment_values_are_exit_2_naming_them_and_delete_nothing(
-        env: Env, mess: Mess, args: list[str], extra_env: dict[str, str], named: list[str]) -> None:
+        env: Env, doomed: str, args: list[str], extra_env: dict[str, str], named: list[str]) -> None:
     before = all_ids(env.engine)
     # The bad value comes after the good ones, so it is the one that counts.
     done = expect(sparkjoy(env, "prune", "-f", *EVERYTHING_OLD, *args, extra_env=extra_env), 2)
