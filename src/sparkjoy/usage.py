@@ -95,8 +95,10 @@ class LayerLedger:
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
                 # part is this image's alone; the shared part is held by something else too, so
-                # it is never predicted as freed.
-                unique = max(image.size - max(image.shared_size, 0), 0)
+                # it is never predicted as freed. An unknown split (-1) tells nothing: the whole
+                # image may be shared, and counting it as unique would promise more than the disk
+                # holds, so nothing is predicted.
+                unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
                     self._holdings.append(_Holding(unique, {key}))
 
