@@ -147,7 +147,11 @@ def build_snapshot(
                 created=raw["created"],
                 last_tag_time=raw["tagged"],
                 size=sum(layer_sizes[c] for c in raw["chains"]),
-                shared_size=sum(layer_sizes[c] for c in raw["chains"] if holders[c] > 1),
+                # The engine's SharedSize, or -1 when it did not compute it (then, without
+                # layer detail, nothing tells which of the image's bytes are its own).
+                shared_size=sum(layer_sizes[c] for c in raw["chains"] if holders[c] > 1)
+                if raw["detail"] or rng.random() < 0.8
+                else -1,
                 labels=raw["labels"],
                 parent_id=raw["parent_id"],
                 layers=tuple(Layer(c, layer_sizes[c]) for c in raw["chains"]) if raw["detail"] else (),

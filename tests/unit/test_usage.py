@@ -160,6 +160,20 @@ def test_an_image_without_layer_detail_whose_size_is_all_shared_frees_nothing() 
     assert LayerLedger(shot).freed([img("whole")]).total == 0
 
 
+def test_an_image_without_layer_detail_and_an_unknown_shared_size_is_predicted_to_free_nothing() -> None:
+    # Two images on the same 50-byte base, the engine computed no SharedSize (-1): counting each
+    # whole would predict 100 bytes freed from a disk whose layers hold 50.
+    shot = snapshot(
+        [
+            image("first", "a:1", tagged=ago(days=2), size=50, shared_size=-1),
+            image("second", "b:1", tagged=ago(days=2), size=50, shared_size=-1),
+        ],
+        layers_size=50,
+    )
+    freed = LayerLedger(shot).freed([img("first"), img("second")])
+    assert freed.total == 0
+
+
 def test_containers_and_volumes_free_their_own_bytes() -> None:
     shot = snapshot(
         containers=[container("c", "gone", "exited", size_rw=5, finished=ago(days=2))],
