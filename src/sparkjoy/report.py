@@ -249,7 +249,7 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "objects": objects,
         "predicted_bytes": result.plan.predicted_bytes,
         "held_by_cache_bytes": result.plan.held_by_cache_bytes,
-        "reclaimed_bytes": result.reclaimed_bytes,
+        "reclaimed_bytes": max(result.reclaimed_bytes, 0),  # measured; other writers can make it negative
         "ok": result.ok,
         "failures": len(result.failures),
     }
