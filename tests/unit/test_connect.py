@@ -1,0 +1,76 @@
+"""Where sparkjoy looks for the engine, without an engine: flags, variables, docker contexts.
+
+Contexts are laid out as the docker CLI writes them (`docker context create`):
+$DOCKER_CONFIG (or ~/.docker)/contexts/meta/<sha256 of name>/meta.json and
+contexts/tls/<sha256 of name>/docker/{ca,cert,key}.pem; config.json's currentContext picks one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from sparkjoy.engine.connect import DEFAULT_HOST, resolve
+from sparkjoy.errors import ConfigError
+
+
+def write_context(config_dir: Path, name: str, host: str, *, tls: bool = False, skip_verify: bool = False) -> None:
+    context_id = hashlib.sha256(name.encode()).hexdigest()
+    meta = config_dir / "contexts" / "meta" / context_id
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({
+        "Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": skip_verify}}}))
+    if tls:
+        tls_dir = config_dir / "contexts" / "tls" / context_id / "docker"
+        tls_dir.mkdir(parents=True)
+        for pem in ("ca.pem", "cert.pem", "key.pem"):
+            (tls_dir / pem).write_text("not a real certificate")
+
+
+def test_flag_then_docker_host_then_context_then_default(tmp_path: Path) -> None:
+    write_context(tmp_path, "ctx", "unix:///ctx.sock")
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "ctx"}))
+    environ = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_HOST": "unix:///env.sock"}
+    assert resolve("unix:///flag.sock", environ).base_url == "unix:///flag.sock"
+    assert resolve(None, environ).source == "DOCKER_HOST"
+    del environ["DOCKER_HOST"]
+    connection = resolve(None, environ)
+    assert (connection.base_url, connection.source) == ("unix:///ctx.sock", "docker context ctx")
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve(None, environ).base_url == DEFAULT_HOST
+
+
+def test_docker_context_variable_wins_over_config_json_and_needs_no_config_json(tmp_path: Path) -> None:
+    write_context(tmp_path, "a", "unix:///a.sock")
+    write_context(tmp_path, "b", "unix:///b.sock")
+    assert resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "b"}).base_url == "unix:///b.sock"
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "a"}))
+    assert resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "b"}).base_url == "unix:///b.sock"
+    assert resolve(None, {"DOCKER_CONFIG": str(tmp_path)}).base_url == "unix:///a.sock"
+
+
+def test_contexts_live_in_home_without_docker_config(tmp_path: Path) -> None:
+    write_context(tmp_path / ".docker", "h", "unix:///home.sock")
+    assert resolve(None, {"HOME": str(tmp_path), "DOCKER_CONTEXT": "h"}).base_url == "unix:///home.sock"
+
+
+def test_a_context_with_tls_material_connects_with_it(tmp_path: Path) -> None:
+    write_context(tmp_path, "remote", "tcp://remote:2376", tls=True)
+    connection = resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "remote"})
+    assert connection.base_url == "tcp://remote:2376"
+    assert connection.tls.cert == (str(tmp_path / "contexts/tls" / hashlib.sha256(b"remote").hexdigest()
+                                       / "docker/cert.pem"),
+                                   str(tmp_path / "contexts/tls" / hashlib.sha256(b"remote").hexdigest()
+                                       / "docker/key.pem"))
+    assert connection.tls.verify is True and connection.tls.ca_cert.endswith("ca.pem")
+
+
+def test_unknown_context_and_broken_config_json_are_config_errors_naming_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nosuch"):
+        resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "nosuch"})
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json"):
+        resolve(None, {"DOCKER_CONFIG": str(tmp_path)})
