@@ -115,7 +115,8 @@ def build_snapshot(
             if index and rng.random() < 0.5:
                 base = images_raw[rng.randrange(index)]["chains"][: rng.randint(0, 3)]
             chains = new_layers(tuple(base), rng.randint(0 if base else 1, 2))
-            parent_id = ""
+            # Sometimes a parent the engine no longer lists (deleted by hand).
+            parent_id = "sha256:gone-parent" if rng.random() < 0.05 else ""
         tags = []
         for _ in range(rng.randint(0, 3)):
             tag = f"{rng.choice(REPOSITORIES)}:{rng.choice(TAG_NAMES)}"
@@ -204,7 +205,7 @@ def build_snapshot(
         records.append(
             BuildCacheRecord(
                 id=f"r{index}",
-                parent=f"r{rng.randrange(index)}" if index and rng.random() < 0.5 else "",
+                parent=f"r{rng.randrange(index)}" if index and rng.random() < 0.5 else rng.choice(["", "", "gone"]),
                 type=rng.choice(["regular", "source.local", "exec.cachemount"]),
                 description="",
                 in_use=rng.random() < 0.5,
