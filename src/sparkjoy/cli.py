@@ -223,8 +223,13 @@ def prune(**params: Any) -> None:
             sys.exit(int(ExitCode.ABORTED))
         click.echo(report.render_plan(plan, verbose=params["verbose"]), err=True)
         click.echo("\n" + report.plan_totals(plan, dry_run=True), err=True)
-        if not click.confirm("WARNING! This will remove the objects listed above. Are you sure you want to "
-                             "continue?", default=False, err=True):
+        try:
+            confirmed = click.confirm("WARNING! This will remove the objects listed above. Are you sure you want "
+                                      "to continue?", default=False, err=True)
+        except click.Abort:  # Ctrl-C or end of input at the question: a "no", not a failure
+            confirmed = False
+            click.echo("", err=True)
+        if not confirmed:
             click.echo("Aborted: nothing was deleted.", err=True)
             sys.exit(int(ExitCode.ABORTED))
 

@@ -77,7 +77,7 @@ def sparkjoy_in_pty(env: Env, *args: str, answer: str) -> subprocess.CompletedPr
                                    stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         os.close(terminal)
         terminal = -1
-        os.write(main, answer.encode() + b"\n")
+        os.write(main, answer.encode() + (b"" if answer == "\x04" else b"\n"))
         stdout, stderr = process.communicate(timeout=300)
     finally:
         if terminal != -1:
@@ -291,6 +291,14 @@ def test_answering_no_at_the_prompt_deletes_nothing(env: Env, mess: Mess) -> Non
     done = expect(sparkjoy_in_pty(env, "prune", *EVERYTHING_OLD, answer="n"), 4)
     # The plan and the question go to stderr, like docker's prompt.
     assert "sjt/old:1" in done.stderr and "Are you sure" in done.stderr and "nothing was deleted" in done.stderr
+    assert all_ids(env.engine) == before
+
+
+def test_end_of_input_at_the_prompt_is_a_no(env: Env, mess: Mess) -> None:
+    """Ctrl-D at the question (end of input) aborts like "n": exit 4, nothing deleted."""
+    before = all_ids(env.engine)
+    done = expect(sparkjoy_in_pty(env, "prune", *EVERYTHING_OLD, answer="\x04"), 4)
+    assert "nothing was deleted" in done.stderr
     assert all_ids(env.engine) == before
 
 
