@@ -120,3 +120,21 @@ def test_with_scope_from_builds_only_repositories_a_dev_tool_claimed_are_pruned(
     assert not image_exists(engine, mine)
     assert image_exists(engine, theirs), "another project's image is never touched"
     assert State.open(tmp_path / "state.db", engine.host).claims() == ("mine/*",), "claims survive a restart"
+
+
+def test_sparkjoy_notify_prune_makes_the_running_daemon_prune(engine, tmp_path) -> None:
+    with RunningDaemon(engine, tmp_path) as daemon:
+        result = subprocess.run([SPARKJOY, "notify", "prune", "--listen", "%s:%d" % daemon.supervisor.http.address],
+                                capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        (summary,) = daemon.wait_for(lambda: daemon.supervisor.prunes, "the prune asked for")
+
+    assert summary.trigger == "request"
+
+
+def test_sparkjoy_notify_without_a_daemon_exits_3(tmp_path) -> None:
+    result = subprocess.run([SPARKJOY, "notify", "prune", "--listen", "127.0.0.1:9"],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+
+    assert result.returncode == 3
+    assert "no sparkjoy daemon answered" in result.stderr

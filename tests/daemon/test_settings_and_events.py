@@ -147,3 +147,19 @@ def test_events_resume_just_after_the_last_one_read() -> None:
 def test_an_event_without_a_time_teaches_nothing() -> None:
     assert observe({"Type": "container", "Action": "start", "id": "c1"}) is None
     assert observe("garbage") is None
+
+
+def test_sparkjoy_run_refuses_contradicting_flags_with_exit_2_before_touching_any_engine(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sparkjoy.cli import main
+
+    result = CliRunner().invoke(
+        main, ["run", "--host", "unix:///nonexistent.sock", "--interval", "30m", "--num-builds", "5",
+               "--state-db", str(tmp_path / "s.db")],
+        env={"HOME": str(tmp_path)},
+    )
+
+    assert result.exit_code == 2
+    assert "daemon.interval (30m) and daemon.num_builds (5) contradict each other" in result.output
+    assert not (tmp_path / "s.db").exists()
