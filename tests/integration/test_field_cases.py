@@ -440,9 +440,10 @@ def test_h_a_prune_with_build_cache_during_a_buildkit_build_neither_deletes_its_
 
     with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo later > /later\n", "later:1",
                      files={"marker": b"later"}) as running:
+        # Once the RUN step runs, the records it uses stay in use until it ends.
         in_use = wait_until(
-            lambda: {r["ID"] for r in build_cache(engine) if r.get("InUse")},
-            timeout=60, what="the build's cache records to be in use")
+            lambda: "RUN sleep" in running.output() and {r["ID"] for r in build_cache(engine) if r.get("InUse")},
+            timeout=60, what="the build's RUN step to run with its cache records in use")
         as_of = utcnow() + timedelta(days=1)
         data = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", as_of=as_of)
         assert running.running, "the build finished before the prune: the test proves nothing"

@@ -308,8 +308,9 @@ def test_rule_5_records_a_build_starts_using_after_the_plan_are_refused_by_the_e
 
     with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo second > /second\n", "second:1") as running:
         now_in_use = wait_until(
-            lambda: planned_records & {r["ID"] for r in build_cache(engine) if r.get("InUse")},
-            timeout=60, what="the build to use records the plan wants to delete")
+            lambda: "RUN sleep" in running.output()
+            and planned_records & {r["ID"] for r in build_cache(engine) if r.get("InUse")},
+            timeout=60, what="the build's RUN step to use records the plan wants to delete")
         result = execute(engine, the_plan)
         assert running.running, "the build finished before the run: the test proves nothing"
         for record_id in now_in_use:
@@ -324,9 +325,12 @@ def test_rule_5_records_a_build_starts_using_after_the_plan_are_refused_by_the_e
 def test_rule_5_a_plan_made_during_a_build_never_targets_its_records(clean_engine):
     engine = clean_engine
     with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo x > /x\n", "x:1") as running:
-        in_use = wait_until(lambda: {r["ID"] for r in build_cache(engine) if r.get("InUse")},
-                            timeout=60, what="the build's records to be in use")
+        wait_until(lambda: "RUN sleep" in running.output()
+                   and {r["ID"] for r in build_cache(engine) if r.get("InUse")},
+                   timeout=60, what="the build's RUN step to run with its cache records in use")
         the_plan = make_plan(engine, policy(**OLD), now=utcnow() + timedelta(days=1))
+        in_use = {r.id for r in the_plan.snapshot.build_cache if r.in_use}
+        assert in_use, "no record in use when the snapshot was taken: the test proves nothing"
         for record_id in in_use:
             assert obj(the_plan, record_id).decision is Decision.KEEP
             assert obj(the_plan, record_id).reason == "in use by a running build"
