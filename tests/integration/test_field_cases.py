@@ -387,6 +387,17 @@ def test_f_deleting_the_child_that_adds_only_a_label_frees_zero_bytes_through_th
     assert json_object(dry, ids["label-child"])["bytes"] == 0
     assert dry["predicted_bytes"] == 0
 
+    # sparkjoy df: no figure negative, none above what the engine uses or the disk holds.
+    df = cli(engine, "df", "--max-age=-1s", "--keep-recent", "0")
+    assert 0 < df["total_bytes"] <= _disk_total(engine)
+    for row in df["summary"]:
+        for key in ("bytes", "reclaimable_bytes", "held_by_cache_bytes"):
+            assert 0 <= row[key] <= df["total_bytes"], row
+    for entry in df["objects"]:
+        assert 0 <= entry["bytes"] <= df["total_bytes"] and 0 <= entry["unique_bytes"] <= df["total_bytes"]
+    [label_child] = [o for o in df["objects"] if o["id"] == ids["label-child"]]
+    assert label_child["unique_bytes"] == 0
+
     real = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", "--exclude", "base:*")
     assert json_ids(real, result="deleted") == {ids["label-child"]}
     assert real["reclaimed_bytes"] == 0
