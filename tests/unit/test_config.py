@@ -16,7 +16,7 @@ from sparkjoy.errors import ConfigError, ExitCode
 from sparkjoy.policy import LabelSelector, VolumeMode
 
 # How many random config files and environments the fuzz tries; docs/reliability.md quotes it.
-FUZZ_EXAMPLES = {"config_file": 1500, "environment": 500}
+FUZZ_EXAMPLES = {"config_file": 1000, "environment": 500}
 
 
 def load(tmp_path: Path, text: str | bytes | None = None, flags=None, env=None) -> config.Settings:
@@ -188,6 +188,12 @@ def test_every_problem_is_reported_at_once_with_its_source_key_and_value(tmp_pat
         ('[engine]\ntimeout = "-5m"', ["engine.timeout", "'-5m'"]),
         ("[engine]\ntimeout = 30", ["engine.timeout", "bare number"]),
         ("engine = 5", ["unknown key engine"]),
+        # Sizes (the daemon's watermarks): negative, zero, absurd, or not a size at all.
+        ('[daemon]\nhigh_watermark = "-5GB"', ["daemon.high_watermark", "'-5GB'"]),
+        ('[daemon]\nhigh_watermark = "0B"', ["daemon.high_watermark", "positive"]),
+        ('[daemon]\nhigh_watermark = "' + "9" * 400 + 'PB"', ["daemon.high_watermark", "larger than the engine"]),
+        ('[daemon]\nhigh_watermark = "150%"', ["daemon.high_watermark", "between 0% and 100%"]),
+        ("[daemon]\nhigh_watermark = 1.5", ["daemon.high_watermark", "1.5"]),
     ],
 )
 def test_a_wrong_value_in_the_file_is_an_error_naming_key_and_value(tmp_path: Path, line: str, words) -> None:

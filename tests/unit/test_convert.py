@@ -300,7 +300,7 @@ FIELDS = ["Id", "ID", "RepoTags", "Created", "Size", "SharedSize", "Labels", "St
 HOSTILE = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=8)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(HOSTILE, HOSTILE | st.none(), st.lists(JSON_VALUES, max_size=4) | JSON_VALUES)
 def test_hostile_engine_json_never_makes_a_converter_raise(summary, inspect, hist) -> None:
     image_from(summary, inspect, layers_from(inspect, hist, as_int(summary.get("Size"), -1)))

@@ -36,7 +36,7 @@ from sparkjoy.usage import LayerLedger, engine_usage
 from .builders import NOW, anonymous_name
 
 EXAMPLES = {
-    "nothing_protected_is_deleted": 4000,
+    "nothing_protected_is_deleted": 3500,
     "deletion_order_respects_the_graphs": 2000,
     "predicted_bytes_are_bounded": 2000,
     "planning_is_deterministic_and_complete": 1500,
@@ -351,6 +351,11 @@ def test_nothing_in_use_excluded_out_of_scope_young_or_kept_recent_is_ever_delet
             assert policy.containers
             assert c.state in (ContainerState.EXITED, ContainerState.DEAD, ContainerState.CREATED), c
             assert labels_match(policy, c.labels)
+            if policy.repos:
+                image = snap.image(c.image_id)
+                tags = image.repo_tags if image else (c.image_ref,)
+                repositories = {repository_of(tag) for tag in tags if tag}
+                assert any(fnmatch.fnmatchcase(r, p) for r in repositories for p in policy.repos), c
             when = container_time(c)
             assert when is not None and is_old(policy, when), c
 
