@@ -26,6 +26,8 @@ from sparkjoy.engine.convert import (
 from sparkjoy.model import ContainerState, Layer
 
 UTC = timezone.utc
+# How many random hostile engine answers the converters get; docs/reliability.md quotes it.
+HOSTILE_JSON_EXAMPLES = 300
 
 
 # -- timestamps ----------------------------------------------------------------------------
@@ -300,7 +302,7 @@ FIELDS = ["Id", "ID", "RepoTags", "Created", "Size", "SharedSize", "Labels", "St
 HOSTILE = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=8)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=HOSTILE_JSON_EXAMPLES, deadline=None)
 @given(HOSTILE, HOSTILE | st.none(), st.lists(JSON_VALUES, max_size=4) | JSON_VALUES)
 def test_hostile_engine_json_never_makes_a_converter_raise(summary, inspect, hist) -> None:
     image_from(summary, inspect, layers_from(inspect, hist, as_int(summary.get("Size"), -1)))
