@@ -209,8 +209,11 @@ def test_docker_host_wins_over_the_current_context(env: Env, mess: Mess, tmp_pat
 
 
 def test_tls_variables_without_certificates_are_a_usage_error_naming_them(env: Env, tmp_path: Path) -> None:
-    done = sparkjoy(env, "df", host=False, extra_env={
-        "DOCKER_HOST": "tcp://127.0.0.1:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path / "none")})
+    held, port = _refusing_tcp_port()  # should it ever connect, it reaches nothing
+    with closing(held):
+        done = sparkjoy(env, "df", host=False, extra_env={
+            "DOCKER_HOST": f"tcp://127.0.0.1:{port}", "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(tmp_path / "none")})
     assert "DOCKER_TLS_VERIFY" in expect(done, 2).stderr
 
 
