@@ -14,6 +14,8 @@ runs only the fast tests.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing
 
@@ -31,6 +33,10 @@ MAX_IMAGE_REMOVAL_PASSES = 10
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "engine: the test needs the private Docker engine")
+    # sparkjoy remembers first sightings and last use in a state database (as root by
+    # default /var/lib/sparkjoy/state.db). Tests keep theirs in a directory of the session's
+    # own, inherited by every sparkjoy process they start, so they never write the machine's.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="sparkjoy-state-")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

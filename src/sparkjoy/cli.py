@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from . import __version__, config, report
+from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult
-from .planner import Plan, plan as make_plan
+from .planner import EMPTY_MEMORY, Memory, Plan, plan as make_plan
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -95,11 +96,43 @@ def _load(params: dict[str, Any]) -> config.Settings:
     return config.load(_flags(params), params.get("config_path"))
 
 
+def _state_path(settings: config.Settings) -> Path:
+    configured = settings.values.get("daemon.state_db")
+    return Path(configured) if configured else state.default_path()
+
+
+def _remembered(settings: config.Settings, engine: DockerEngine) -> Memory:
+    """What the daemon (or earlier prunes) remember of this engine's images; nothing if no state yet.
+
+    Read only: a dry run and the real run that follows plan from the same memory.
+    """
+    path = _state_path(settings)
+    if not path.is_file():
+        return EMPTY_MEMORY
+    remembered = state.State.open(path, engine.host)
+    try:
+        return remembered.memory()
+    finally:
+        remembered.close()
+
+
+def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, plan: Plan) -> None:
+    """After a real prune, record images seen for the first time, so an image with no usable
+    timestamp can age from today on (it is kept until then). Recorded after planning, so this
+    run's plan is the one its dry run showed."""
+    remembered = state.State.open(_state_path(settings), engine.host)
+    try:
+        remembered.ensure_seen([image.id for image in plan.snapshot.images], plan.snapshot.taken_at)
+    finally:
+        remembered.close()
+
+
 def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tuple[DockerEngine, Plan]:
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
+    memory = _remembered(settings, engine)
     snapshot = engine.snapshot()
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
-    return engine, make_plan(snapshot, settings.policy, now=now)
+    return engine, make_plan(snapshot, settings.policy, memory, now=now)
 
 
 @click.group(context_settings=CONTEXT)
@@ -199,6 +232,7 @@ def prune(**params: Any) -> None:
         return
 
     if not plan.deletions:
+        _remember_first_sightings(settings, engine, plan)
         if as_json or params["audit"]:
             # --audit holds even when there is nothing to delete: the kept objects are checked.
             result = Executor(engine, audit=params["audit"]).execute(plan)
@@ -235,6 +269,7 @@ def prune(**params: Any) -> None:
 
     executor = Executor(engine, reporter=_Progress(params["verbose"] and not as_json), audit=params["audit"])
     result = executor.execute(plan)
+    _remember_first_sightings(settings, engine, plan)
     if as_json:
         click.echo(report.dumps(report.result_json(result)))
     elif params["quiet"]:
