@@ -1,0 +1,1 @@
+"""sparkjoy's benchmark suite: see bench/README.md. Run it with `bench/run`."""

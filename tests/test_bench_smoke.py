@@ -1,0 +1,39 @@
+"""The benchmark scripts still run: `bench/run --smoke` on tiny workloads.
+
+Benchmarks are never part of pass/fail (their numbers depend on the machine); this only
+checks that the driver builds its workloads on a private engine, runs every comparison,
+finds the tools deleting the same images, and writes its results and report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.engine
+def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.main", "--smoke", "--only", "w1,w2,w3", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    for name in ("w1", "w2"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["prune"]["same_deleted_set"], data["prune"]["deleted_counts"]
+        assert data["prune"]["tools"]["sparkjoy"]["deleted_images"] > 0
+        assert data["df"]["sparkjoy"]["first"]["runs"] == 1
+        assert data["api_calls"]["sparkjoy df"]["by_endpoint"]["GET /system/df"] == 1
+        for scenario in data["bytes"].values():
+            assert scenario["exit_code"] == 0, scenario
+    scales = json.loads((tmp_path / "w3.json").read_text())["scales"]
+    assert [s["images"] for s in scales] == [100, 300]
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## Headline" in report and "## W3" in report
