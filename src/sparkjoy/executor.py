@@ -165,6 +165,12 @@ class Executor:
         new_tags = sorted(set(current.repo_tags) - set(planned.names))
         if new_tags:
             return ObjectResult(planned, Outcome.KEPT, "changed since the plan: now also tagged " + ", ".join(new_tags))
+        if current.last_tag_time and (planned.reference_time is None or current.last_tag_time > planned.reference_time):
+            # Same tags, newer tag time: tagged again (a rebuild that hit the cache, a `docker
+            # tag`), so about to be used, and no longer as old as the plan thought.
+            return ObjectResult(
+                planned, Outcome.KEPT, f"changed since the plan: tagged again at {current.last_tag_time:%Y-%m-%d %H:%M:%S}"
+            )
         users = [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
         if users:
             name = users[0].names[0] if users[0].names else users[0].short_id

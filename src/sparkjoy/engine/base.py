@@ -8,6 +8,7 @@ real engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from ..model import Container, Snapshot
@@ -19,6 +20,9 @@ class ImageState:
 
     id: str
     repo_tags: tuple[str, ...]
+    # When it was last tagged (None when the engine does not say): a newer time than the
+    # plan's means it was tagged again, e.g. by a rebuild that hit the cache.
+    last_tag_time: datetime | None = None
 
 
 class Engine(Protocol):

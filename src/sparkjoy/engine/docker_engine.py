@@ -285,7 +285,9 @@ class DockerEngine:
         found_id = convert.as_str(inspect.get("Id"))
         if found_id != image_id:
             return None
-        return ImageState(found_id, convert.real_tags(convert.as_strings(inspect.get("RepoTags"))))
+        metadata = inspect.get("Metadata")
+        last_tag = convert.parse_time(metadata.get("LastTagTime")) if isinstance(metadata, dict) else None
+        return ImageState(found_id, convert.real_tags(convert.as_strings(inspect.get("RepoTags"))), last_tag)
 
     def containers_of_image(self, image_id: str) -> list[Container]:
         entries = self._call(
