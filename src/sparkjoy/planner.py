@@ -140,8 +140,7 @@ class _Planner:
         removed_containers = {o.id for o in containers if o.decision is Decision.DELETE}
         images = self.plan_images(removed_containers)
         ledger = LayerLedger(self.snapshot)
-        images_deleted = {o.id for o in images if o.decision is Decision.DELETE}
-        cache = self.plan_build_cache(ledger, images_deleted)
+        cache = self.plan_build_cache(ledger)
         volumes = self.plan_volumes(removed_containers)
 
         ordered = containers + images + cache + volumes
@@ -340,7 +339,7 @@ class _Planner:
 
     # -- build cache ------------------------------------------------------------------
 
-    def plan_build_cache(self, ledger: LayerLedger, images_deleted: set[str]) -> list[PlannedObject]:
+    def plan_build_cache(self, ledger: LayerLedger) -> list[PlannedObject]:
         records = {r.id: r for r in self.snapshot.build_cache}
         holding = ledger.records_holding_images()
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
@@ -412,9 +411,10 @@ class _Planner:
         if record.in_use:
             return Decision.KEEP, "in use by a running build", None
         when = record.last_used or record.created
+        what = "last used" if record.last_used else "created (never used)"
         if when is None:
             return Decision.KEEP, "no usable timestamp: age unknown", None
-        phrase = f"last used {_age_phrase(self.now, when)}"
+        phrase = f"{what} {_age_phrase(self.now, when)}"
         if not self.is_old(when):
             return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
         return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
