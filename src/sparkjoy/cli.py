@@ -8,6 +8,8 @@ terminal to confirm on without -f).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -267,8 +269,24 @@ def prune(**params: Any) -> None:
             click.echo("Aborted: nothing was deleted.", err=True)
             sys.exit(int(ExitCode.ABORTED))
 
-    executor = Executor(engine, reporter=_Progress(params["verbose"] and not as_json), audit=params["audit"])
-    result = executor.execute(plan)
+    interrupted: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if interrupted:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        # os.write, not click.echo: the handler may run in the middle of a write to stderr.
+        os.write(2, b"\nInterrupted: finishing the deletion in progress, then stopping "
+                 b"(Ctrl-C again to stop at once).\n")
+
+    executor = Executor(engine, reporter=_Progress(params["verbose"] and not as_json), audit=params["audit"],
+                        should_stop=lambda: bool(interrupted))
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = executor.execute(plan)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     _remember_first_sightings(settings, engine, plan)
     if as_json:
         click.echo(report.dumps(report.result_json(result)))

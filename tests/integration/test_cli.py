@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -399,6 +400,33 @@ def test_a_deletion_the_engine_fails_makes_a_partial_failure_exit_1(env: Env, me
     assert results[mess.old_image]["result"] == "deleted" and results[mess.dangling]["result"] == "deleted"
     assert data["ok"] is False and data["failures"] == 1
     assert "FAILED: 1 object(s)" in table.stdout
+
+
+def test_ctrl_c_during_a_prune_finishes_the_object_in_progress_and_stops(env: Env, clean_engine) -> None:
+    """Ctrl-C while deleting: the object in hand is finished (an image never keeps half its
+    tags), the rest is reported as not attempted, and the run exits 1 (stopped early)."""
+    images = {import_image(clean_engine, 10_000, [f"sjt/many:{n}", f"sjt/also:{n}"]): {f"sjt/many:{n}",
+                                                                                      f"sjt/also:{n}"}
+              for n in range(30)}
+    process = subprocess.Popen([str(SPARKJOY), "prune", "-f", "-v", *EVERYTHING_OLD, "--host", env.engine.host],
+                               env=env.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()  # -v reports each object as it is done
+        assert first.startswith("deleted: image"), first
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done = expect(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), 1)
+    assert "Stopped early" in done.stdout and "not attempted" in done.stdout, done.stdout
+    with closing(clean_engine.client()) as client:
+        left = {i["Id"]: set(i.get("RepoTags") or []) for i in client.api.images()}
+    gone = [i for i in images if i not in left]
+    assert 1 <= len(gone) < len(images)
+    for image_id, tags in images.items():
+        assert image_id not in left or left[image_id] == tags, f"{image_id} kept only {left[image_id]}"
 
 
 # -- settings --------------------------------------------------------------------------------
