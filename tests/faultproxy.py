@@ -12,8 +12,8 @@ the rule's action then answers instead, or changes how the engine's answer arriv
     proxy.stop()
 
 Paths are matched without the API version prefix (`/v1.41`) and without the query
-string, with `re.search`. A rule can fire only on the `nth` matching request, and at
-most `times` times (`times=1`: once).
+string, with `re.search`. A rule can fire only on the `nth` matching request, on every
+one `from_nth` on, and at most `times` times (`times=1`: once).
 
 Actions (each is a callable `(exchange) -> None` that answers the client):
 - `respond(status, body)`: answer without asking the engine (409, 404, 500 ...).
@@ -127,6 +127,7 @@ class Rule:
     action: Action
     nth: int | None = None  # fire only on the n-th matching request (1-based)
     times: int | None = None  # fire at most this many times
+    from_nth: int | None = None  # fire on the n-th matching request and every one after it
     name: str = ""  # for the counts; defaults to the action's name
     matched: int = 0
     fired: int = 0
@@ -140,6 +141,8 @@ class Rule:
         """Called once per matching request, under the proxy's lock."""
         self.matched += 1
         if self.nth is not None and self.matched != self.nth:
+            return False
+        if self.from_nth is not None and self.matched < self.from_nth:
             return False
         if self.times is not None and self.fired >= self.times:
             return False

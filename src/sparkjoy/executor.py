@@ -94,10 +94,17 @@ class Executor:
     audit: bool = False
 
     def execute(self, plan: Plan) -> RunResult:
-        usage_before = self.engine.usage()
+        stopped_early = ""
+        try:
+            usage_before = self.engine.usage()
+        except EngineUnreachable as error:
+            usage_before, stopped_early = 0, f"engine unreachable: {error.cause}"
+        except EngineError as error:
+            # An engine that cannot say what it holds is no engine to delete from.
+            usage_before, stopped_early = 0, f"nothing deleted: reading usage before the run failed: {error}"
+        measured = not stopped_early
         results: list[ObjectResult] = []
         removed_containers: set[str] = set()
-        stopped_early = ""
         for planned in plan.deletions:
             if stopped_early:
                 results.append(ObjectResult(planned, Outcome.SKIPPED, stopped_early))
@@ -122,15 +129,22 @@ class Executor:
             results.append(result)
             if self.reporter:
                 self.reporter.object_done(result)
-        try:
-            usage_after = self.engine.usage()
-        except EngineError as error:
-            usage_after = usage_before
-            stopped_early = stopped_early or f"reclaimed space not measured: {error}"
-        except EngineUnreachable as error:
-            usage_after = usage_before
-            stopped_early = stopped_early or f"engine unreachable after the run: {error.cause}"
-        audit = self._audit(plan) if self.audit and not stopped_early.startswith("engine unreachable") else None
+        usage_after = usage_before
+        if measured:
+            try:
+                usage_after = self.engine.usage()
+            except EngineError as error:
+                stopped_early = stopped_early or f"reclaimed space not measured: {error}"
+            except EngineUnreachable as error:
+                stopped_early = stopped_early or f"engine unreachable after the run: {error.cause}"
+        audit = None
+        if self.audit and not stopped_early.startswith("engine unreachable"):
+            try:
+                audit = self._audit(plan)
+            except (EngineError, EngineUnreachable) as error:
+                # An audit that could not look is no clean audit: the run is not ok.
+                problem = f"audit not done: {error}"
+                stopped_early = f"{stopped_early}; {problem}" if stopped_early else problem
         return RunResult(plan, tuple(results), usage_before, usage_after, stopped_early, audit)
 
     # -- one object ---------------------------------------------------------------------

@@ -76,9 +76,13 @@ DURING_DELETION = [
     Case("slow bodies everywhere still give a complete, correct run",
          lambda w: [Rule("GET", r"^/(system/df|images/.*/json)$", slow_body(chunk=512, interval=0.001))],
          ExitCode.OK, (("old/app3:v1", "deleted"), ("container0", "deleted"))),
-    Case("500 when measuring usage after the run is reported, deletions stand",
-         lambda w: [Rule("GET", r"^/system/df$", respond(500), nth=3)],
-         ExitCode.FAILED, (("old/app3:v1", "deleted"),), stopped_early="reclaimed space not measured"),
+    Case("500 when measuring usage and auditing after the run is reported, deletions stand",
+         lambda w: [Rule("GET", r"^/system/df$", respond(500), from_nth=3)],
+         ExitCode.FAILED, (("old/app3:v1", "deleted"),), stopped_early="reclaimed space not measured: read disk usage"),
+    Case("500 when measuring usage before the run deletes nothing",
+         lambda w: [Rule("GET", r"^/system/df$", respond(500), from_nth=2)],
+         ExitCode.FAILED, (("old/app3:v1", "not attempted"), ("container0", "not attempted")),
+         stopped_early="nothing deleted"),
 ]
 
 BEFORE_DELETION = [
@@ -157,7 +161,8 @@ def test_a_cli_prune_under_a_fault_deletes_only_its_plan_and_says_what_happened(
             if outcome in ("not attempted", "kept"):
                 assert present, (kind, object_id, outcome)
         assert case.stopped_early in report.get("stopped_early", ""), report.get("stopped_early")
-        if "engine unreachable" not in report.get("stopped_early", ""):
+        stopped = report.get("stopped_early", "")
+        if "engine unreachable" not in stopped and "audit not done" not in stopped:
             assert report["audit"] == [], report["audit"]  # the audit ran, and found nothing missing
     assert run.returncode == case.exit_code, (run.stdout, run.stderr)
 
