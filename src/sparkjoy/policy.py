@@ -122,8 +122,12 @@ class Policy:
         if self._repo_patterns:
             if image.dangling:
                 return "out of scope: untagged, so in no repository matching --repo"
-            if not any(self.repo_matches(repository_of(tag)) for tag in image.repo_tags):
+            outside = [tag for tag in image.repo_tags if not self.repo_matches(repository_of(tag))]
+            if len(outside) == len(image.repo_tags):
                 return "out of scope: repository does not match --repo " + " ".join(self.repos)
+            if outside:
+                # Deleting the image would take a tag outside the scope with it: the image stays whole.
+                return f"out of scope: also tagged {outside[0]}, outside --repo " + " ".join(self.repos)
         return None
 
     def excluded_by(self, image: Image) -> tuple[str, str] | None:

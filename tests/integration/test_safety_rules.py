@@ -188,12 +188,6 @@ def test_rule_2_an_image_of_a_stopped_container_is_refused_by_the_engine_not_for
     assert inspect_container(engine, container)["Image"] == image_id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Disagreement to settle: the planner deliberately puts an image in --repo scope when ANY of "
-    "its repositories matches (tests/unit/test_planner_scenarios.py, 'any of an image's "
-    "repositories may match'), so deleting it removes vendor/tool:1, a tag outside the scope. "
-    "Issue 2 rules 2 and 4 read: untag only when every tag is eligible; touch nothing outside "
-    "the scope."))
 def test_rule_2_an_image_with_a_tag_outside_the_repo_scope_stays_whole(clean_engine):
     engine = clean_engine
     both = import_image(engine, MB, ["app:1", "vendor/tool:1"])

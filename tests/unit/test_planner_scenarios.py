@@ -206,7 +206,7 @@ SCENARIOS = [
         policy=Policy(max_age=H6, keep_recent=0, labels=(LabelSelector("project", "p1"), LabelSelector("team"))),
     ),
     Scenario(
-        "a repository glob scopes images: any of an image's repositories may match, untagged never does",
+        "a repository glob scopes images: every tag's repository must match (a tag outside keeps the image whole), untagged never does",
         snapshot(
             [
                 image("p1", "p1/web:1", tagged=ago(days=2)),
@@ -219,7 +219,7 @@ SCENARIOS = [
         {
             "p1": delete("old"),
             "p2": keep("out of scope", "repository"),
-            "p1-and-p2": delete("old"),
+            "p1-and-p2": keep("out of scope", "also tagged p2/x:1"),
             "registry": keep("out of scope"),
             "dangling": keep("out of scope", "untagged"),
         },
