@@ -167,22 +167,10 @@ class _Planner:
         return None
 
     def plan_containers(self) -> list[PlannedObject]:
-        planned = []
-        for container in sorted(self.snapshot.containers, key=lambda c: c.id):
-            decision, reason, when = self.decide_container(container)
-            planned.append(
-                PlannedObject(
-                    kind=Kind.CONTAINER,
-                    id=container.id,
-                    names=container.names,
-                    decision=decision,
-                    reason=reason,
-                    reference_time=when,
-                    size=max(container.size_rw, 0),
-                    in_scope=not reason.startswith("out of scope"),
-                )
-            )
-        return planned
+        return [
+            _planned(Kind.CONTAINER, c.id, c.names, self.decide_container(c), c.size_rw)
+            for c in sorted(self.snapshot.containers, key=lambda c: c.id)
+        ]
 
     def decide_container(self, container: Container) -> tuple[Decision, str, datetime | None]:
         scope_problem = self.container_scope_problem(container)
@@ -265,22 +253,7 @@ class _Planner:
                 i.id,
             ),
         )
-        planned = []
-        for image in ordered:
-            decision, reason, when = decisions[image.id]
-            planned.append(
-                PlannedObject(
-                    kind=Kind.IMAGE,
-                    id=image.id,
-                    names=image.repo_tags,
-                    decision=decision,
-                    reason=reason,
-                    reference_time=when,
-                    size=image.size,
-                    in_scope=not reason.startswith("out of scope"),
-                )
-            )
-        return planned
+        return [_planned(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in ordered]
 
     def keep_recent_per_repository(
         self, candidates: list[tuple[Image, datetime]], decisions: dict[str, tuple[Decision, str, datetime | None]]
@@ -382,15 +355,12 @@ class _Planner:
 
         ordered = sorted(records.values(), key=lambda r: (-depth(r), r.id))
         return [
-            PlannedObject(
-                kind=Kind.BUILD_CACHE,
-                id=r.id,
-                names=(f"{r.type}: {r.description}" if r.description else r.type,),
-                decision=decisions[r.id][0],
-                reason=decisions[r.id][1],
-                reference_time=decisions[r.id][2],
-                size=max(r.size, 0),
-                in_scope=not decisions[r.id][1].startswith("out of scope"),
+            _planned(
+                Kind.BUILD_CACHE,
+                r.id,
+                (f"{r.type}: {r.description}" if r.description else r.type,),
+                decisions[r.id],
+                r.size,
             )
             for r in ordered
         ]
@@ -427,22 +397,16 @@ class _Planner:
             if container.id not in removed_containers:
                 for name in container.volumes:
                     users[name].append(container)
-        planned = []
-        for volume in sorted(self.snapshot.volumes, key=lambda v: v.name):
-            decision, reason, when = self.decide_volume(volume, users.get(volume.name, []), removed_containers)
-            planned.append(
-                PlannedObject(
-                    kind=Kind.VOLUME,
-                    id=volume.name,
-                    names=(volume.name,),
-                    decision=decision,
-                    reason=reason,
-                    reference_time=when,
-                    size=max(volume.size, 0),
-                    in_scope=not reason.startswith("out of scope"),
-                )
+        return [
+            _planned(
+                Kind.VOLUME,
+                v.name,
+                (v.name,),
+                self.decide_volume(v, users.get(v.name, []), removed_containers),
+                v.size,
             )
-        return planned
+            for v in sorted(self.snapshot.volumes, key=lambda v: v.name)
+        ]
 
     def decide_volume(
         self, volume: Volume, staying_users: list[Container], removed_containers: set[str]
@@ -470,6 +434,24 @@ class _Planner:
         if not self.is_old(when):
             return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
         return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
+
+
+Decided = tuple[Decision, str, "datetime | None"]
+
+
+def _planned(kind: Kind, object_id: str, names: tuple[str, ...], decided: Decided, size: int) -> PlannedObject:
+    """Given an object's identity and its (decision, reason, reference time), return it planned."""
+    decision, reason, when = decided
+    return PlannedObject(
+        kind=kind,
+        id=object_id,
+        names=names,
+        decision=decision,
+        reason=reason,
+        reference_time=when,
+        size=max(size, 0),
+        in_scope=not reason.startswith("out of scope"),
+    )
 
 
 def _with_bytes(planned: PlannedObject, freed: int, held: int) -> PlannedObject:

@@ -212,13 +212,16 @@ class State:
         if not uses:
             return
         with self._lock, self._db:
-            for image_id, when in uses.items():
-                self._db.execute(
-                    "INSERT INTO images (engine, image_id, first_seen, last_used) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (engine, image_id) DO UPDATE SET last_used = "
-                    "MAX(COALESCE(last_used, excluded.last_used), excluded.last_used)",
-                    (self.engine, image_id, _seconds(min(when, now)), _seconds(when)),
-                )
+            self._save_uses(uses, now)
+
+    def _save_uses(self, uses: Mapping[str, datetime], now: datetime) -> None:
+        """Keep the latest use of each image; the caller holds the lock and the transaction."""
+        self._db.executemany(
+            "INSERT INTO images (engine, image_id, first_seen, last_used) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (engine, image_id) DO UPDATE SET last_used = "
+            "MAX(COALESCE(last_used, excluded.last_used), excluded.last_used)",
+            [(self.engine, image_id, _seconds(min(when, now)), _seconds(when)) for image_id, when in uses.items()],
+        )
 
     @_recovering(0)
     def ensure_seen(self, image_ids: Iterable[str], now: datetime) -> int:
@@ -270,13 +273,7 @@ class State:
         """Given what a batch of events taught, save it all in one transaction."""
         with self._lock, self._db:
             self._ensure_engine_row()
-            for image_id, when in uses.items():
-                self._db.execute(
-                    "INSERT INTO images (engine, image_id, first_seen, last_used) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (engine, image_id) DO UPDATE SET last_used = "
-                    "MAX(COALESCE(last_used, excluded.last_used), excluded.last_used)",
-                    (self.engine, image_id, _seconds(min(when, now)), _seconds(when)),
-                )
+            self._save_uses(uses, now)
             if builds:
                 self._db.execute("UPDATE engines SET builds_seen = builds_seen + ? WHERE engine = ?",
                                  (builds, self.engine))
