@@ -8,6 +8,7 @@ small thread pool. Image history, which never changes for an image ID, is cached
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -27,6 +28,10 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 600  # seconds: listing or pruning a big engine is slow; a short timeout breaks it
 INSPECT_WORKERS = 8
+# Engines before 23.0 answer /system/df with a 500 while another df runs (two prunes, or a
+# `docker system df`, at once). The call only reads, so a 5xx is retried after a short wait.
+DF_RETRIES = 4
+DF_RETRY_WAIT_S = 0.1  # doubled each time: at most 1.5 s in all
 
 
 def _hint(connection: Connection, cause: str) -> str:
@@ -113,6 +118,21 @@ class DockerEngine:
 
     # -- plumbing -----------------------------------------------------------------------
 
+    def _df(self) -> dict:
+        """GET /system/df, retried on a 5xx; an answer that is no object is an error."""
+        operation = "read disk usage (GET /system/df)"
+        for attempt in range(DF_RETRIES + 1):
+            try:
+                df = self._call(operation, self.api.df)
+                break
+            except EngineError as error:
+                if error.status is None or error.status < 500 or attempt == DF_RETRIES:
+                    raise
+                time.sleep(DF_RETRY_WAIT_S * 2**attempt)
+        if not isinstance(df, dict):
+            raise EngineError(operation, None, f"expected an object, got {type(df).__name__}")
+        return df
+
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         """Run one API call, turning transport failures and error statuses into sparkjoy errors."""
         try:
@@ -150,9 +170,7 @@ class DockerEngine:
 
     def snapshot(self) -> Snapshot:
         taken_at = datetime.now(timezone.utc)
-        df = self._call("read disk usage (GET /system/df)", self.api.df)
-        if not isinstance(df, dict):
-            raise EngineError("read disk usage (GET /system/df)", None, f"expected an object, got {type(df).__name__}")
+        df = self._df()
         image_entries = [e for e in df.get("Images") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))]
         container_entries = [
             e for e in df.get("Containers") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))
@@ -260,7 +278,7 @@ class DockerEngine:
     def usage(self) -> int:
         from ..usage import engine_usage
 
-        df = self._call("read disk usage (GET /system/df)", self.api.df)
+        df = self._df()
         records = tuple(convert.build_cache_from(e) for e in df.get("BuildCache") or [] if isinstance(e, dict))
         containers = tuple(convert.container_from(e, None) for e in df.get("Containers") or [] if isinstance(e, dict))
         volumes = tuple(convert.volume_from(e) for e in df.get("Volumes") or [] if isinstance(e, dict))
