@@ -123,7 +123,7 @@ class Executor:
                     planned, Outcome.FAILED, f"{stopped_early} (it may or may not have been deleted)"
                 )
             except EngineError as error:
-                result = ObjectResult(planned, Outcome.FAILED, str(error))
+                result = self._failed(planned, error)
             if result.outcome is Outcome.DELETED and planned.kind is Kind.CONTAINER:
                 removed_containers.add(planned.id)
             results.append(result)
@@ -215,6 +215,27 @@ class Executor:
         except EngineConflict as error:
             return self._refused(planned, removed, error)
         return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+
+    def _failed(self, planned: PlannedObject, error: EngineError) -> ObjectResult:
+        """The engine answered with an error that is no refusal (a 500, an unreadable answer).
+
+        Look again: gone all the same (another prune got there first and the engine said 500,
+        or it deleted and then answered badly) is "gone"; anything else failed.
+        """
+        try:
+            if planned.kind is Kind.CONTAINER:
+                present = self.engine.container_state(planned.id) is not None
+            elif planned.kind is Kind.IMAGE:
+                present = self.engine.image_state(planned.id) is not None
+            elif planned.kind is Kind.VOLUME:
+                present = self.engine.volume_exists(planned.id)
+            else:
+                present = True  # a cache record cannot be looked up alone
+        except (EngineError, EngineUnreachable):
+            present = True
+        if not present:
+            return ObjectResult(planned, Outcome.GONE, f"gone, although the engine answered: {error}")
+        return ObjectResult(planned, Outcome.FAILED, str(error))
 
     @staticmethod
     def _refused(planned: PlannedObject, removed: list[str], error: EngineConflict) -> ObjectResult:
