@@ -285,8 +285,15 @@ class Executor:
         containers = {c.id for c in after.containers}
         records = {r.id for r in after.build_cache}
         volumes = {v.name for v in after.volumes}
+        # Objects busy at the snapshot may go by themselves, never by this run: a build drops
+        # its temporary cache records when it ends, a `--rm` container removes itself. The
+        # engine refuses to let sparkjoy remove either (in use; not stopped, never forced).
+        busy = {r.id for r in plan.snapshot.build_cache if r.in_use}
+        busy |= {c.id for c in plan.snapshot.containers if not c.state.stopped}
         findings = []
         for kept in plan.kept:
+            if kept.id in busy:
+                continue
             if kept.kind is Kind.IMAGE:
                 if kept.id not in images:
                     findings.append(AuditFinding(kept.kind, kept.id, "kept image is gone"))
