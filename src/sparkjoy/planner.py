@@ -27,7 +27,7 @@ class Decision(str, Enum):
     KEEP = "keep"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedObject:
     kind: Kind
     id: str
