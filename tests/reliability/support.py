@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -174,12 +175,27 @@ class CliRun:
         return {(o["kind"], o["id"]): o["result"] for o in self.json["objects"] if o["decision"] == "delete"}
 
 
-def cli(host: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> CliRun:
-    """Run the sparkjoy command with DOCKER_HOST=`host` (no config file, no other engine settings)."""
+_STATE_HOME: str | None = None
+
+
+def cli_environment(host: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a sparkjoy command: DOCKER_HOST=`host`, no config file, no other
+    engine settings, and a state directory of this test session's own (as root the default
+    would be /var/lib/sparkjoy), shared by every run of the session as on a real host."""
+    global _STATE_HOME
+    if _STATE_HOME is None:
+        _STATE_HOME = tempfile.mkdtemp(prefix="sjstate")
     environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("DOCKER_", "SPARKJOY_"))}
-    environment.update({"DOCKER_HOST": host, "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent"})
+                   if not k.startswith(("DOCKER_", "SPARKJOY_", "XDG_"))}
+    environment.update({"DOCKER_HOST": host, "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
+                        "XDG_STATE_HOME": _STATE_HOME})
     environment.update(env or {})
+    return environment
+
+
+def cli(host: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> CliRun:
+    """Run the sparkjoy command with DOCKER_HOST=`host` (see `cli_environment`)."""
+    environment = cli_environment(host, env)
     completed = subprocess.run([str(SPARKJOY), *args], env=environment, capture_output=True, text=True,
                                timeout=timeout, stdin=subprocess.DEVNULL)
     return CliRun(completed.returncode, completed.stdout, completed.stderr)

@@ -22,7 +22,7 @@ from tests import fixtures
 from tests.engine import IsolatedEngine
 from tests.faultproxy import Rule, hook, respond
 from tests.reliability.support import (
-    GREEDY_FLAGS, SPARKJOY, CliRun, adapter, assert_no_traceback, greedy_policy, inventory, library_prune, lost,
+    GREEDY_FLAGS, SPARKJOY, CliRun, adapter, cli_environment, assert_no_traceback, greedy_policy, inventory, library_prune, lost,
     make_world, planned_keys,
 )
 
@@ -132,9 +132,7 @@ def test_an_image_tagged_again_between_plan_and_delete_stays(clean_engine, count
 
 
 def _start_cli(host: str) -> subprocess.Popen:
-    import os
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "SPARKJOY_"))}
-    environment.update({"DOCKER_HOST": host, "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent"})
+    environment = cli_environment(host)
     return subprocess.Popen([str(SPARKJOY), "prune", "-f", "--audit", "--format", "json", *GREEDY_FLAGS],
                             env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Mapping
 from ..errors import ConfigError
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+log = logging.getLogger("sparkjoy.engine")
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,48 @@ class Connection:
 
 
 def resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) -> Connection:
-    """Given ``--host`` (or None) and the environment, return where and how to connect."""
+    """Given ``--host`` (or None) and the environment, return where and how to connect.
+
+    A tcp:// engine reached without TLS, or with TLS that does not verify the engine's
+    certificate, is logged as a warning (stderr for the command line): whoever controls the
+    engine controls the host, so reaching an impostor is as bad as being one.
+    """
+    connection = _resolve(host_flag, environ)
+    problem = insecure_transport(connection)
+    if problem:
+        log.warning("sparkjoy: warning: %s", problem)
+    return connection
+
+
+def insecure_transport(connection: Connection) -> str | None:
+    """Given a connection, say why its transport lets others read or pose as the engine, or None.
+
+    Verification is on when DOCKER_TLS_VERIFY is set (any value but empty) with certificates
+    in DOCKER_CERT_PATH, or when a context has TLS material and no SkipTLSVerify. Leaving
+    DOCKER_TLS_VERIFY unset with DOCKER_CERT_PATH set, or SkipTLSVerify in a context, is the
+    explicit opt-out; it still warns.
+    """
+    url = connection.base_url
+    if not url.startswith(("tcp://", "http://", "https://")):
+        return None  # unix://, ssh://, npipe://: the OS or ssh authenticates both ends
+    tls = connection.tls
+    if not tls and not url.startswith("https://"):
+        return (
+            f"the engine at {url} is reached over plain TCP: nothing is encrypted and nobody is "
+            "authenticated, so anyone who can reach that port controls the engine and the host. "
+            "Use TLS (DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH) or ssh://."
+        )
+    if tls is not None and tls is not True and getattr(tls, "verify", True) is False:
+        why = ("the context sets SkipTLSVerify" if connection.source.startswith("docker context")
+               else "DOCKER_TLS_VERIFY is not set")
+        return (
+            f"TLS to the engine at {url} does not verify its certificate ({why}): anyone on the path "
+            "can pose as the engine. Set DOCKER_TLS_VERIFY=1 to verify."
+        )
+    return None
+
+
+def _resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) -> Connection:
     import docker
 
     environ = os.environ if environ is None else environ
