@@ -202,10 +202,9 @@ class Executor:
             if _deleted(answer, planned.id):
                 return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
 
-        # Untagged everything (or it was dangling): the image itself may still be there.
-        if self.engine.image_state(planned.id) is None:
-            if not removed:
-                return ObjectResult(planned, Outcome.GONE, "already deleted")
+        # Untagged everything: the image itself may still be there. A dangling image was seen
+        # a moment ago by the re-check, so it is deleted at once (a 404 then means it went).
+        if removed and self.engine.image_state(planned.id) is None:
             return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
         try:
             self.engine.delete_image(planned.id)
