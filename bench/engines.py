@@ -30,6 +30,7 @@ class BenchEngine(IsolatedEngine):
 
     def __init__(self, data_root_size: int = DATA_ROOT_BYTES):
         super().__init__(data_root_size=data_root_size)
+        self._restores = 0
 
     def save(self, destination: Path) -> float:
         """Stop the engine, copy its data root's file system to `destination`, start again; return seconds."""
@@ -38,6 +39,9 @@ class BenchEngine(IsolatedEngine):
         self._unmount_data_root()
         destination.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "--sparse=always", str(self._image_file), str(destination)], check=True)
+        check = subprocess.run(["e2fsck", "-fn", str(destination)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"the saved data root {destination} is not clean:\n{check.stdout[-2000:]}")
         self._mount_data_root()
         self._start_daemon()
         return time.perf_counter() - started
@@ -47,7 +51,14 @@ class BenchEngine(IsolatedEngine):
         started = time.perf_counter()
         self._stop_daemon()
         self._unmount_data_root()
+        # A new file every time: `mount -o loop` reuses a loop device still attached to the
+        # same file (detaching after umount is asynchronous), and that device's cached blocks
+        # of the old file system would then be mixed with the copied one.
+        old = self._image_file
+        self._restores += 1
+        self._image_file = self.tmpdir / f"root-{self._restores}.img"
         subprocess.run(["cp", "--sparse=always", str(source), str(self._image_file)], check=True)
+        old.unlink(missing_ok=True)
         self._mount_data_root()
         self._start_daemon()
         return time.perf_counter() - started
@@ -60,9 +71,19 @@ class BenchEngine(IsolatedEngine):
         return time.perf_counter() - started
 
     def _unmount_data_root(self) -> None:
+        """Unmount the data root (and anything dockerd left under it), never lazily: a file
+        system detached while still in use is not flushed, and its copy would be corrupt.
+        Container shims can take a moment to exit after dockerd, so retry for a while."""
+        subprocess.run(["sync", "-f", str(self.data_root)], check=False)
+        deadline = time.monotonic() + 30
         for mount_point in sorted(_mount_points_under(self.data_root), key=len, reverse=True):
-            if subprocess.run(["umount", mount_point], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", mount_point], check=True)
+            while True:
+                result = subprocess.run(["umount", mount_point], capture_output=True, text=True)
+                if result.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cannot unmount {mount_point}: {result.stderr.strip()}")
+                time.sleep(0.5)
 
     def _mount_data_root(self) -> None:
         subprocess.run(["mount", "-o", "loop", str(self._image_file), str(self.data_root)], check=True)

@@ -44,6 +44,16 @@ FULL = {
     "W2": {"images": 5000, "old_fraction": 0.8},
     "W3": [1_000, 10_000, 100_000],
 }
+# Runs per comparison. The whole run must fit a quarter of an hour on 2 cores, and one W2
+# prune round (three tools deleting 4,000 images, each after a restore) takes about 3 minutes:
+# W2's prunes get no warm-up of their own (W1's prunes, run just before, warm every tool's
+# code and the page cache) and two measured rounds; its bytes comparison is left out (its
+# image-only prunes give sparkjoy's predicted vs measured and docker's reported bytes).
+SCHEDULE = {
+    "W1": {"runs": 3, "warmup": 1, "prune_runs": 3, "prune_warmup": 1, "skip": []},
+    "W2": {"runs": 2, "warmup": 1, "prune_runs": 2, "prune_warmup": 0, "skip": ["bytes"]},
+    "W3": {"runs": 3},
+}
 SMOKE = {
     "W1": {"loaded_per_repo": 3, "builds_per_repo": 0, "containers": 3, "buildkit": False},
     "W2": {"images": 12, "old_fraction": 0.5},
@@ -466,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny workloads, one run: checks the scripts work")
     parser.add_argument("--only", default="w1,w2,w3,daemon", help="comma-separated: w1,w2,w3,daemon")
-    parser.add_argument("--runs", type=int, default=None, help="measured runs per comparison (default 3; smoke 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up runs, not counted (default 1; smoke 0)")
-    parser.add_argument("--prune-runs", type=int, default=None, help="measured prune runs (default: --runs)")
+    parser.add_argument("--runs", type=int, default=None, help="measured runs per comparison, every "
+                        "workload (default: SCHEDULE in bench/main.py; smoke 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up runs, not counted (default: SCHEDULE; smoke 0)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild workloads even when cached")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: df,calls,prune,bytes")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results; "
@@ -485,9 +495,16 @@ def main(argv: list[str] | None = None) -> int:
         report.write(out, docs)
         return 0
     sizes = SMOKE if args.smoke else FULL
-    runs = args.runs if args.runs is not None else (1 if args.smoke else 3)
-    warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 1)
-    prune_runs = args.prune_runs if args.prune_runs is not None else runs
+    schedule = json.loads(json.dumps(SCHEDULE))
+    for name, plan in schedule.items():
+        if args.smoke:
+            plan.update(runs=1, warmup=0, prune_runs=1, prune_warmup=0, skip=[])
+        for key in ("runs", "prune_runs"):
+            if args.runs is not None and key in plan:
+                plan[key] = args.runs
+        for key in ("warmup", "prune_warmup"):
+            if args.warmup is not None and key in plan:
+                plan[key] = args.warmup
     only = {p.strip().lower() for p in args.only.split(",") if p.strip()}
     skip = {p.strip().lower() for p in args.skip.split(",") if p.strip()}
     if args.build_only:
@@ -503,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     with LoadSampler() as sampler:
         if "w3" in only:
             log("W3: planner alone at " + ", ".join(map(str, sizes["W3"])))
-            w3 = planner_scaling(sizes["W3"], runs)
+            w3 = planner_scaling(sizes["W3"], schedule["W3"]["runs"])
             _write(out / "w3.json", {"scales": w3, "smoke": args.smoke})
         engine_version = ""
         for name in ("W1", "W2"):
@@ -515,18 +532,21 @@ def main(argv: list[str] | None = None) -> int:
                 meta = cached_workload(engine, name, sizes[name], args.rebuild)
                 if args.build_only:
                     continue
-                result: dict[str, Any] = {"workload": meta, "runs": runs, "warmup": warmup, "smoke": args.smoke}
-                if "df" not in skip:
+                plan = schedule[name]
+                skipped = skip | set(plan["skip"])
+                result: dict[str, Any] = {"workload": meta, "schedule": plan, "smoke": args.smoke,
+                                          "runs": plan["runs"], "warmup": plan["warmup"]}
+                if "df" not in skipped:
                     log(f"{name}: sparkjoy df vs docker system df -v")
-                    result["df"] = compare_df(engine, runs, warmup)
+                    result["df"] = compare_df(engine, plan["runs"], plan["warmup"])
                     log(f"{name}: df ratio {result['df']['ratio']}")
-                if "calls" not in skip:
+                if "calls" not in skipped:
                     result["api_calls"] = count_api_calls(engine, datetime.fromisoformat(meta["cutoff"]))
-                if "prune" not in skip:
+                if "prune" not in skipped:
                     log(f"{name}: prune, same deleted set")
-                    result["prune"] = compare_prune(engine, meta, prune_runs, warmup)
+                    result["prune"] = compare_prune(engine, meta, plan["prune_runs"], plan["prune_warmup"])
                     log(f"{name}: prune ratios {result['prune']['ratio']}, same set: {result['prune']['same_deleted_set']}")
-                if "bytes" not in skip:
+                if "bytes" not in skipped:
                     log(f"{name}: predicted vs measured bytes")
                     result["bytes"] = compare_bytes(engine, meta)
                 _write(out / f"{name.lower()}.json", result)
