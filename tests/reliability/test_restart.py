@@ -107,8 +107,17 @@ def test_an_engine_restart_mid_prune_loses_nothing_and_says_what_did_not_happen(
     assert not lost(after, final, again.planned_keys())
     assert set(world.deletable_images).isdisjoint(final.images)
     # The restart stopped the running container, so this time it and its volume went too
-    # (the greedy policy's due); the excluded and the ageless images stay.
-    assert {world.kept_images[0], world.kept_images[2]} <= set(final.images)
+    # (the greedy policy's due). The excluded image stays. The ageless image (no last-tag
+    # time) was kept by the first run as never seen; that run recorded its first sighting,
+    # so under a negative max age (everything is old) the second run deletes it, and says so.
+    excluded, _, ageless = world.kept_images
+    assert excluded in final.images
+    first = {o["id"]: o for o in run.json["objects"] if o["kind"] == "image"}
+    second = {o["id"]: o for o in again.json["objects"] if o["kind"] == "image"}
+    assert first[ageless]["decision"] == "keep", first[ageless]
+    assert second[ageless]["decision"] == "delete" and "first seen by sparkjoy" in second[ageless]["reason"], \
+        second[ageless]
+    assert ageless not in final.images
 
 
 def test_the_library_run_reports_the_restart_per_object(proxy, clean_engine, count):
