@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Mapping
@@ -137,20 +137,20 @@ class _Planner:
 
     def run(self) -> Plan:
         containers = self.plan_containers()
-        removed_containers = {o.id for o in containers if o.decision is Decision.DELETE}
+        removed_containers = {d[1] for d in containers if d[3][0] is Decision.DELETE}
         images = self.plan_images(removed_containers)
         ledger = LayerLedger(self.snapshot)
         cache = self.plan_build_cache(ledger)
         volumes = self.plan_volumes(removed_containers)
 
-        ordered = containers + images + cache + volumes
-        deletion_order = [o.key for o in ordered if o.decision is Decision.DELETE]
+        # Drafts first, objects once: the bytes of a deletion depend on every deletion before it.
+        drafts = containers + images + cache + volumes
+        deletion_order = [(d[0], d[1]) for d in drafts if d[3][0] is Decision.DELETE]
         freed = ledger.freed(deletion_order)
+        by_object, held = freed.by_object, freed.held_by_cache
         objects = tuple(
-            _with_bytes(o, freed.by_object.get(o.key, 0), freed.held_by_cache.get(o.key, 0))
-            if o.decision is Decision.DELETE
-            else o
-            for o in ordered
+            _planned(*draft, by_object.get((draft[0], draft[1]), 0), held.get((draft[0], draft[1]), 0))
+            for draft in drafts
         )
         return Plan(objects=objects, now=self.now, policy=self.policy, snapshot=self.snapshot)
 
@@ -166,9 +166,9 @@ class _Planner:
                 return "out of scope: its image's repository does not match --repo"
         return None
 
-    def plan_containers(self) -> list[PlannedObject]:
+    def plan_containers(self) -> list[_Draft]:
         return [
-            _planned(Kind.CONTAINER, c.id, c.names, self.decide_container(c), c.size_rw)
+            (Kind.CONTAINER, c.id, c.names, self.decide_container(c), c.size_rw)
             for c in sorted(self.snapshot.containers, key=lambda c: c.id)
         ]
 
@@ -205,7 +205,7 @@ class _Planner:
             return first_seen, "first seen by sparkjoy"
         return None, ""
 
-    def plan_images(self, removed_containers: set[str]) -> list[PlannedObject]:
+    def plan_images(self, removed_containers: set[str]) -> list[_Draft]:
         pinned: dict[str, Container] = {}
         for container in self.snapshot.containers:
             if container.id not in removed_containers:
@@ -253,7 +253,7 @@ class _Planner:
                 i.id,
             ),
         )
-        return [_planned(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in ordered]
+        return [(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in ordered]
 
     def keep_recent_per_repository(
         self, candidates: list[tuple[Image, datetime]], decisions: dict[str, tuple[Decision, str, datetime | None]]
@@ -275,29 +275,22 @@ class _Planner:
                     )
 
     def keep_parents_of_kept(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
-        """An image whose child stays cannot be deleted (the engine refuses), so it stays too."""
-        children: dict[str, list[str]] = defaultdict(list)
-        for image in self.snapshot.images:
-            if image.parent_id:
-                children[image.parent_id].append(image.id)
-        changed = True
-        while changed:
-            changed = False
-            for parent_id, child_ids in children.items():
-                if parent_id not in decisions or decisions[parent_id][0] is not Decision.DELETE:
-                    continue
-                kept_child = next(
-                    (c for c in sorted(child_ids) if decisions.get(c, (Decision.KEEP,))[0] is Decision.KEEP), None
-                )
-                if kept_child:
-                    child = self.images_by_id[kept_child]
-                    label = child.repo_tags[0] if child.repo_tags else child.short_id
-                    decisions[parent_id] = (
-                        Decision.KEEP,
-                        f"parent of image {label}, which stays",
-                        decisions[parent_id][2],
-                    )
-                    changed = True
+        """An image whose child stays cannot be deleted (the engine refuses), so it stays too.
+
+        Walks up from each kept child (in id order, so the reason names the same child every
+        time), once per image: linear in the number of images, however deep the chains.
+        """
+        stack = sorted(
+            (i.id for i in self.snapshot.images if i.parent_id and decisions[i.id][0] is Decision.KEEP), reverse=True
+        )
+        while stack:
+            child = self.images_by_id[stack.pop()]
+            parent_id = child.parent_id
+            if parent_id in decisions and decisions[parent_id][0] is Decision.DELETE:
+                label = child.repo_tags[0] if child.repo_tags else child.short_id
+                decisions[parent_id] = (Decision.KEEP, f"parent of image {label}, which stays", decisions[parent_id][2])
+                if self.images_by_id[parent_id].parent_id:
+                    stack.append(parent_id)
 
     def image_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
@@ -312,30 +305,22 @@ class _Planner:
 
     # -- build cache ------------------------------------------------------------------
 
-    def plan_build_cache(self, ledger: LayerLedger) -> list[PlannedObject]:
+    def plan_build_cache(self, ledger: LayerLedger) -> list[_Draft]:
         records = {r.id: r for r in self.snapshot.build_cache}
         holding = ledger.records_holding_images()
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
         for record in records.values():
             decisions[record.id] = self.decide_record(record, holding.get(record.id))
 
-        # A record with a child that stays cannot be freed: BuildKit keeps parents of live records.
-        children: dict[str, list[str]] = defaultdict(list)
-        for record in records.values():
-            if record.parent:
-                children[record.parent].append(record.id)
-        changed = True
-        while changed:
-            changed = False
-            for parent, kids in children.items():
-                if parent in decisions and decisions[parent][0] is Decision.DELETE:
-                    if any(decisions.get(k, (Decision.KEEP,))[0] is Decision.KEEP for k in kids):
-                        decisions[parent] = (
-                            Decision.KEEP,
-                            "parent of a cache record that stays",
-                            decisions[parent][2],
-                        )
-                        changed = True
+        # A record with a child that stays cannot be freed: BuildKit keeps parents of live
+        # records. Walk up from every kept record; each record turns to "keep" at most once.
+        stack = [r.parent for r in records.values() if r.parent and decisions[r.id][0] is Decision.KEEP]
+        while stack:
+            parent = stack.pop()
+            if parent in decisions and decisions[parent][0] is Decision.DELETE:
+                decisions[parent] = (Decision.KEEP, "parent of a cache record that stays", decisions[parent][2])
+                if records[parent].parent:
+                    stack.append(records[parent].parent)
 
         depths: dict[str, int] = {}
 
@@ -355,7 +340,7 @@ class _Planner:
 
         ordered = sorted(records.values(), key=lambda r: (-depth(r), r.id))
         return [
-            _planned(
+            (
                 Kind.BUILD_CACHE,
                 r.id,
                 (f"{r.type}: {r.description}" if r.description else r.type,),
@@ -391,14 +376,14 @@ class _Planner:
 
     # -- volumes ----------------------------------------------------------------------
 
-    def plan_volumes(self, removed_containers: set[str]) -> list[PlannedObject]:
+    def plan_volumes(self, removed_containers: set[str]) -> list[_Draft]:
         users: dict[str, list[Container]] = defaultdict(list)
         for container in self.snapshot.containers:
             if container.id not in removed_containers:
                 for name in container.volumes:
                     users[name].append(container)
         return [
-            _planned(
+            (
                 Kind.VOLUME,
                 v.name,
                 (v.name,),
@@ -437,22 +422,26 @@ class _Planner:
 
 
 Decided = tuple[Decision, str, "datetime | None"]
+# An object decided, before the bytes of the whole plan are known: (kind, id, names, decided, size).
+_Draft = tuple[Kind, str, tuple[str, ...], Decided, int]
 
 
-def _planned(kind: Kind, object_id: str, names: tuple[str, ...], decided: Decided, size: int) -> PlannedObject:
-    """Given an object's identity and its (decision, reason, reference time), return it planned."""
+def _planned(
+    kind: Kind, object_id: str, names: tuple[str, ...], decided: Decided, size: int, freed: int, held: int
+) -> PlannedObject:
+    """Given an object's identity, its (decision, reason, reference time) and the bytes its deletion
+    frees (and leaves held by build cache), return it planned. Kept objects free nothing."""
     decision, reason, when = decided
+    deleting = decision is Decision.DELETE
     return PlannedObject(
-        kind=kind,
-        id=object_id,
-        names=names,
-        decision=decision,
-        reason=reason,
-        reference_time=when,
-        size=max(size, 0),
-        in_scope=not reason.startswith("out of scope"),
+        kind,
+        object_id,
+        names,
+        decision,
+        reason,
+        freed if deleting else 0,
+        held if deleting else 0,
+        when,
+        max(size, 0),
+        not reason.startswith("out of scope"),
     )
-
-
-def _with_bytes(planned: PlannedObject, freed: int, held: int) -> PlannedObject:
-    return replace(planned, bytes=freed, bytes_held_by_cache=held)

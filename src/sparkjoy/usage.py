@@ -81,18 +81,20 @@ class LayerLedger:
     def __init__(self, snapshot: Snapshot):
         self._holdings: list[_Holding] = []
         self.record_layer: dict[str, str] = {}  # build-cache record id -> chain id it holds
-        self._layer_images: dict[str, set[str]] = defaultdict(set)
+        # chain id -> ids of the images holding it (a list: a chain id is once in an image).
+        self._layer_images: dict[str, list[str]] = defaultdict(list)
+        image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
         layer_size: dict[str, int] = {}
         layer_parent: dict[str, str] = {}
 
         for image in snapshot.images:
-            key = (Kind.IMAGE, image.id)
+            key = image_keys.setdefault(image.id, (Kind.IMAGE, image.id))
             if image.layers:
                 previous = ""
                 for layer in image.layers:
                     layer_size.setdefault(layer.chain_id, layer.size)
                     layer_parent.setdefault(layer.chain_id, previous)
-                    self._layer_images[layer.chain_id].add(image.id)
+                    self._layer_images[layer.chain_id].append(image.id)
                     previous = layer.chain_id
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
@@ -112,7 +114,7 @@ class LayerLedger:
         for chain_id, size in layer_size.items():
             if size <= 0:
                 continue
-            holders = [(Kind.IMAGE, image_id) for image_id in self._layer_images[chain_id]]
+            holders = [image_keys[image_id] for image_id in dict.fromkeys(self._layer_images[chain_id])]
             holders += [(Kind.BUILD_CACHE, rid) for rid in layer_records.get(chain_id, ())]
             self._holdings.append(_Holding(size, tuple(holders)))
 
