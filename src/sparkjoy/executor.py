@@ -185,7 +185,15 @@ class Executor:
             return ObjectResult(
                 planned, Outcome.KEPT, f"changed since the plan: tagged again at {current.last_tag_time:%Y-%m-%d %H:%M:%S}"
             )
-        users = [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
+        # A dangling image is deleted by ID, which the engine itself refuses (409, never forced)
+        # while any container uses it or a child image stands on it: its own check is atomic,
+        # so asking first would only cost a call. A tag, though, is removed even while a
+        # container uses the image (when it is not the last one), so tagged images are checked.
+        users = (
+            [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
+            if current.repo_tags
+            else []
+        )
         if users:
             name = users[0].names[0] if users[0].names else users[0].short_id
             return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now used by container {name}")

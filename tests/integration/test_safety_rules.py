@@ -372,6 +372,26 @@ def test_rule_6_an_image_a_tag_moved_onto_after_the_plan_is_kept_with_the_reason
     assert tags_of(engine, current) == set()
 
 
+def test_rule_6_a_dangling_image_that_a_new_container_uses_after_the_plan_is_kept_by_the_engines_refusal(
+    clean_engine,
+):
+    """A dangling image is deleted by ID without asking for its containers first: the engine's
+    own refusal (never forced) keeps it, and the report says the engine refused."""
+    engine = clean_engine
+    target = _runnable(engine, "dangle/x:1")
+    import_image(engine, MB, "dangle/x:1")  # the tag moves on: target dangles, with a last-tag time
+    the_plan = make_plan(engine, policy(**OLD))
+    assert obj(the_plan, target).decision is Decision.DELETE and obj(the_plan, target).names == ()
+    newcomer = run_container(engine, target, state="created")
+
+    outcome = result_of(execute(engine, the_plan), target)
+
+    assert outcome.outcome is Outcome.KEPT, outcome
+    assert outcome.detail.startswith("engine refused") and "container" in outcome.detail, outcome.detail
+    assert target in inventory(engine)[Kind.IMAGE.value]
+    assert inspect_container(engine, newcomer)["State"]["Status"] == "created"
+
+
 def test_rule_6_a_tag_moved_off_a_planned_image_stays_on_its_new_image(clean_engine):
     engine = clean_engine
     old = import_image(engine, MB, "app:1")
