@@ -314,3 +314,82 @@ def test_hostile_engine_json_never_makes_a_converter_raise(summary, inspect, his
         assert record.in_use
     if container.state.stopped:
         assert container.state.value in ("created", "exited", "dead")
+
+
+# -- issue 5, W1: BuildKit images with a 0-byte RUN layer and a trailing LABEL ------------------
+
+
+def buildkit_history(*steps: tuple[int, str]) -> list[dict]:
+    """Given (size, CreatedBy) steps oldest first, return the engine's history answer (newest first)."""
+    return [{"Size": size, "CreatedBy": by, "Comment": "buildkit.dockerfile.v0"} for size, by in reversed(steps)]
+
+
+# The shape of W1's built app images (GET /images/{id}/history on Engine 20.10): the busybox
+# --install RUN made a layer of 0 bytes, the LABEL made none. Neither the step count (4), the
+# sized steps (2) nor the non-empty diff IDs (3) match the 3 layers, so these images used to
+# get no layer detail; their top layer, which a BuildKit cache record holds, was then predicted
+# as freed by deleting the image (W1's image-only prune: +4,629,046 bytes, +1.53%).
+W1_APP_STEPS = (
+    (1982256, "COPY busybox /bin/busybox # buildkit"),
+    (0, "RUN /bin/busybox --install -s /bin # buildkit"),
+    (447293, "RUN /bin/sh -c head -c 447293 /dev/urandom > /app.bin # buildkit"),
+    (0, "LABEL bench.build=bench-w1/worker-0"),
+)
+
+
+def test_a_zero_byte_run_layer_and_a_label_step_line_up_by_their_instructions() -> None:
+    diff_ids = ["sha256:copy", "sha256:install", "sha256:app"]
+    found = layers_from(inspect_with(*diff_ids), buildkit_history(*W1_APP_STEPS), 2429549)
+    assert found == tuple(Layer(c, s) for c, s in zip(chain_ids(diff_ids), [1982256, 0, 447293]))
+
+
+def test_classic_builder_nop_steps_are_read_as_config_only_or_copy() -> None:
+    # FROM base (50), RUN that made a 0-byte layer (unknown by its text), COPY of 0 bytes,
+    # ENV (no layer), RUN (7): 4 layers.
+    steps = [(50, "/bin/sh -c #(nop) ADD file:abc in / "), (0, "/bin/sh -c ln -s a b"),
+             (0, "/bin/sh -c #(nop) COPY file:def in /empty "), (0, "/bin/sh -c #(nop)  ENV A=b"),
+             (7, "/bin/sh -c echo hi > /x")]
+    found = layers_from(inspect_with("sha256:a", "sha256:b", "sha256:c", "sha256:d"), buildkit_history(*steps), 57)
+    assert [layer.size for layer in found] == [50, 0, 0, 7]
+
+
+def test_zero_byte_steps_that_could_line_up_either_way_still_give_no_layer_detail() -> None:
+    # Same sizes as W1's app images, but steps that do not name their instruction: the 447293
+    # bytes could be the second or the third layer. No guess.
+    assert layers_from(inspect_with("sha256:a", "sha256:b", "sha256:c"), history(1982256, 0, 447293, 0),
+                       2429549) == ()
+
+
+def test_instructions_that_contradict_the_layer_count_are_ignored() -> None:
+    # Two RUN steps of 0 bytes named as layers, but only 3 layers: the hints cannot hold; by
+    # sizes alone the last step's 3 bytes can only be the third layer.
+    steps = [(5, "COPY a /a"), (0, "RUN true"), (0, "RUN true"), (0, "LABEL x=y"), (3, "COPY b /b")]
+    found = layers_from(inspect_with("sha256:a", "sha256:b", "sha256:c"), buildkit_history(*steps), 8)
+    assert [layer.size for layer in found] == [5, 0, 3]
+
+
+def test_w1s_built_image_top_layer_held_by_its_cache_record_is_held_not_freed() -> None:
+    """Issue 5, W1's image-only prune: deleting a BuildKit-built image whose top layer a cache
+    record still holds frees nothing of that layer (the engine moves it from LayersSize to the
+    record, now unshared); it is "held by cache". Engine answers abridged from the W1 run."""
+    from sparkjoy.model import Kind
+    from sparkjoy.usage import LayerLedger
+
+    from .builders import record, snapshot
+
+    diff_ids = ["sha256:copy", "sha256:install", "sha256:app"]
+    inspect = {"Id": "sha256:app-image", "RootFS": {"Type": "layers", "Layers": diff_ids}}
+    summary = {"Id": "sha256:app-image", "Size": 2429549, "SharedSize": 1982256}
+    built = image_from(summary, inspect, layers_from(inspect, buildkit_history(*W1_APP_STEPS), 2429549))
+    base_inspect = {"Id": "sha256:base", "RootFS": {"Type": "layers", "Layers": diff_ids[:2]}}
+    base = image_from({"Id": "sha256:base", "Size": 1982256, "SharedSize": 1982256}, base_inspect,
+                      layers_from(base_inspect, buildkit_history(*W1_APP_STEPS[:2]), 1982256))
+    records = [
+        record("copy", shared=True, size=1982256),
+        record("install", shared=True, size=0, parent="copy"),
+        record("app", shared=True, size=447293, parent="install"),
+    ]
+    ledger = LayerLedger(snapshot([base, built], build_cache=records))
+    freed = ledger.freed([(Kind.IMAGE, built.id)])
+    assert freed.total == 0
+    assert freed.total_held_by_cache == 447293

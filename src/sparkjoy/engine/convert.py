@@ -97,6 +97,74 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return chains
 
 
+# Dockerfile instructions that only change the image config (history step without a layer),
+# and those that always make a layer. WORKDIR may or may not make one: unknown.
+_CONFIG_ONLY = frozenset({"LABEL", "ENV", "CMD", "ENTRYPOINT", "EXPOSE", "USER", "VOLUME", "STOPSIGNAL",
+                          "HEALTHCHECK", "SHELL", "ARG", "ONBUILD", "MAINTAINER"})
+_MAKES_LAYER = frozenset({"RUN", "COPY", "ADD"})
+_CLASSIC_NOP = "/bin/sh -c #(nop)"
+
+
+def _step_makes_layer(created_by: Any) -> bool | None:
+    """Given a history step's ``CreatedBy``, return True (it made a layer), False (it did not)
+    or None (cannot tell).
+
+    BuildKit writes the instruction itself (``RUN /bin/sh -c ...``, ``LABEL a=b``); the classic
+    builder writes ``/bin/sh -c #(nop) LABEL a=b`` for config-only steps and COPY/ADD, and the
+    bare command for RUN (left unknown)."""
+    if not isinstance(created_by, str):
+        return None
+    text = created_by.strip()
+    if text.startswith(_CLASSIC_NOP):
+        text = text[len(_CLASSIC_NOP):].strip()
+    word = text.split(None, 1)[0] if text else ""
+    if word in _MAKES_LAYER:
+        return True
+    if word in _CONFIG_ONLY:
+        return False
+    return None
+
+
+def _aligned_sizes(sizes: list[int], kinds: list[bool | None], diff_ids: list[str]) -> list[int] | None:
+    """Given history step sizes and kinds (oldest first) and the image's diff IDs, return each
+    layer's size when only one lining-up of steps and layers fits, else None.
+
+    A step with bytes made a layer; a step of 0 bytes made one if its kind says so, made none
+    if its kind says not, and is free otherwise. Free steps fill the layers left over; a sized
+    step whose layer index depends on which free steps do gives None (never a guess). Kinds
+    that contradict the counts are dropped and the lining-up tried on sizes alone."""
+    for hinted in (kinds, [None] * len(kinds)):
+        if any(size > 0 and kind is False for size, kind in zip(sizes, hinted)):
+            continue
+        forced = [size > 0 or kind is True for size, kind in zip(sizes, hinted)]
+        free = [size == 0 and kind is None for size, kind in zip(sizes, hinted)]
+        need = len(diff_ids) - sum(forced)
+        free_after = sum(free)
+        if need < 0 or need > free_after:
+            continue
+        layer_sizes = [0] * len(diff_ids)
+        forced_before = free_before = 0
+        ambiguous = False
+        for size, is_forced, is_free in zip(sizes, forced, free):
+            if is_free:
+                free_after -= 1
+            if size > 0:
+                lowest, highest = max(0, need - free_after), min(need, free_before)
+                if lowest != highest:
+                    ambiguous = True
+                    break
+                index = forced_before + lowest
+                if diff_ids[index] == EMPTY_LAYER_DIFF_ID:
+                    ambiguous = True
+                    break
+                layer_sizes[index] = size
+            forced_before += is_forced
+            free_before += is_free
+        if not ambiguous:
+            return layer_sizes
+    return None
+
+
 def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int) -> tuple[Layer, ...]:
     """Given an image's inspect and history answers, return its layers with sizes.
 
@@ -126,7 +194,14 @@ def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int
         for index, size in zip(non_empty_layers, nonzero):
             layer_sizes[index] = size
     else:
-        return ()
+        # Steps of size 0 both with a layer (a RUN that only makes links) and without one (a
+        # LABEL): the step's instruction tells which, when the builder names it.
+        kinds = [_step_makes_layer(h.get("CreatedBy") if isinstance(h, Mapping) else None)
+                 for h in reversed(history)]
+        found = _aligned_sizes(sizes_oldest_first, kinds, diff_ids)
+        if found is None:
+            return ()
+        layer_sizes = found
     if image_size >= 0 and sum(layer_sizes) != image_size:
         return ()
     return tuple(Layer(chain, size) for chain, size in zip(chain_ids(diff_ids), layer_sizes))
