@@ -108,10 +108,6 @@ def plan(snapshot: Snapshot, policy: Policy, memory: Memory = EMPTY_MEMORY, *, n
             gc.enable()
 
 
-def _age_phrase(now: datetime, when: datetime) -> str:
-    return format_duration(now - when) + " ago" if when <= now else "in the future"
-
-
 class _Planner:
     def __init__(self, snapshot: Snapshot, policy: Policy, memory: Memory, now: datetime):
         self.snapshot = snapshot
@@ -120,6 +116,7 @@ class _Planner:
         self.now = now
         self.images_by_id = {image.id: image for image in snapshot.images}
         self._everything_old = policy.everything_old
+        self._max_age = policy.max_age
         # Said in the reason of every object the age decides: worded once.
         self._max_age_text = (
             "negative max age: everything counts as old"
@@ -127,13 +124,15 @@ class _Planner:
             else f"max age {format_duration(policy.max_age)}"
         )
 
-    def is_old(self, when: datetime) -> bool:
-        if self._everything_old:
-            return True
-        return self.now - when > self.policy.max_age
-
-    def max_age_text(self) -> str:
-        return self._max_age_text
+    def decide_by_age(self, what: str, when: datetime, old: str) -> tuple[Decision, str, datetime]:
+        """Given what happened at ``when`` (``"last used"``) and the word for old (``"unused"``),
+        return the decision the age alone makes, with its reason."""
+        now = self.now
+        age = now - when
+        ago = format_duration(age) + " ago" if when <= now else "in the future"
+        if self._everything_old or age > self._max_age:
+            return Decision.DELETE, f"{old}: {what} {ago}, older than {self._max_age_text}", when
+        return Decision.KEEP, f"recent: {what} {ago}, within {self._max_age_text}", when
 
     def run(self) -> Plan:
         containers = self.plan_containers()
@@ -148,11 +147,16 @@ class _Planner:
         deletion_order = [(d[0], d[1]) for d in drafts if d[3][0] is Decision.DELETE]
         freed = ledger.freed(deletion_order)
         by_object, held = freed.by_object, freed.held_by_cache
-        objects = tuple(
-            _planned(*draft, by_object.get((draft[0], draft[1]), 0), held.get((draft[0], draft[1]), 0))
-            for draft in drafts
-        )
-        return Plan(objects=objects, now=self.now, policy=self.policy, snapshot=self.snapshot)
+        # The deletions' keys, in the order their drafts come: kept objects free nothing.
+        keys = iter(deletion_order)
+        objects = []
+        for draft in drafts:
+            if draft[3][0] is Decision.DELETE:
+                key = next(keys)
+                objects.append(_planned(*draft, by_object[key], held.get(key, 0)))
+            else:
+                objects.append(_planned(*draft, 0, 0))
+        return Plan(objects=tuple(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)
 
     # -- containers -------------------------------------------------------------------
 
@@ -186,10 +190,7 @@ class _Planner:
             when, what = container.finished, f"{container.state.value}, finished"
         if when is None:
             return Decision.KEEP, f"{container.state.value} with no usable timestamp: age unknown", None
-        phrase = f"{what} {_age_phrase(self.now, when)}"
-        if not self.is_old(when):
-            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
-        return Decision.DELETE, f"stopped: {phrase}, older than {self.max_age_text()}", when
+        return self.decide_by_age(what, when, "stopped")
 
     # -- images -----------------------------------------------------------------------
 
@@ -213,14 +214,16 @@ class _Planner:
 
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
         candidates: list[tuple[Image, datetime]] = []
+        # Unscoped and without exclusions (the common case), no image needs asking.
+        scoped, excluding = self.policy.scoped, bool(self.policy.exclude)
         for image in self.snapshot.images:
-            problem = self.policy.image_in_scope(image)
+            problem = self.policy.image_in_scope(image) if scoped else None
             when, what = self.image_reference_time(image)
             if problem:
                 decisions[image.id] = (Decision.KEEP, problem, when)
             elif not self.policy.images:
                 decisions[image.id] = (Decision.KEEP, "image pruning is off", when)
-            elif (excluded := self.policy.excluded_by(image)) is not None:
+            elif excluding and (excluded := self.policy.excluded_by(image)) is not None:
                 pattern, tag = excluded
                 decisions[image.id] = (Decision.KEEP, f"excluded: {tag} matches --exclude {pattern}", when)
             elif image.id in pinned:
@@ -233,25 +236,19 @@ class _Planner:
                     "age unknown: no last-tag time and never seen in use by sparkjoy",
                     None,
                 )
-            elif not self.is_old(when):
-                phrase = f"{what} {_age_phrase(self.now, when)}"
-                decisions[image.id] = (Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when)
             else:
-                candidates.append((image, when))
-                phrase = f"{what} {_age_phrase(self.now, when)}"
-                decisions[image.id] = (Decision.DELETE, f"old: {phrase}, older than {self.max_age_text()}", when)
+                decisions[image.id] = decided = self.decide_by_age(what, when, "old")
+                if decided[0] is Decision.DELETE:
+                    candidates.append((image, when))
 
         self.keep_recent_per_repository(candidates, decisions)
         self.keep_parents_of_kept(decisions)
 
         depth = self.image_depths()
+        ageless = datetime.min.replace(tzinfo=self.now.tzinfo)
         ordered = sorted(
             self.snapshot.images,
-            key=lambda i: (
-                -depth[i.id],
-                decisions[i.id][2] or datetime.min.replace(tzinfo=self.now.tzinfo),
-                i.id,
-            ),
+            key=lambda i: (-depth[i.id], decisions[i.id][2] or ageless, i.id),
         )
         return [(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in ordered]
 
@@ -295,6 +292,9 @@ class _Planner:
     def image_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
         for image in self.snapshot.images:
+            if image.parent_id not in self.images_by_id:  # no parent listed (most images)
+                depths[image.id] = 0
+                continue
             depth, seen, current = 0, {image.id}, image.parent_id
             while current and current in self.images_by_id and current not in seen:
                 depth += 1
@@ -307,7 +307,8 @@ class _Planner:
 
     def plan_build_cache(self, ledger: LayerLedger) -> list[_Draft]:
         records = {r.id: r for r in self.snapshot.build_cache}
-        holding = ledger.records_holding_images()
+        # Which images a record holds matters only to a scope.
+        holding = ledger.records_holding_images() if self.policy.scoped else {}
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
         for record in records.values():
             decisions[record.id] = self.decide_record(record, holding.get(record.id))
@@ -369,10 +370,7 @@ class _Planner:
         what = "last used" if record.last_used else "created (never used)"
         if when is None:
             return Decision.KEEP, "no usable timestamp: age unknown", None
-        phrase = f"{what} {_age_phrase(self.now, when)}"
-        if not self.is_old(when):
-            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
-        return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
+        return self.decide_by_age(what, when, "unused")
 
     # -- volumes ----------------------------------------------------------------------
 
@@ -415,10 +413,7 @@ class _Planner:
         when = volume.created
         if when is None:
             return Decision.KEEP, "no creation time: age unknown", None
-        phrase = f"created {_age_phrase(self.now, when)}"
-        if not self.is_old(when):
-            return Decision.KEEP, f"recent: {phrase}, within {self.max_age_text()}", when
-        return Decision.DELETE, f"unused: {phrase}, older than {self.max_age_text()}", when
+        return self.decide_by_age("created", when, "unused")
 
 
 Decided = tuple[Decision, str, "datetime | None"]

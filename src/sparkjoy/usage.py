@@ -67,35 +67,40 @@ class Freed:
         return sum(self.held_by_cache.values())
 
 
-@dataclass(slots=True)
-class _Holding:
-    size: int
-    # Distinct objects. A tuple, not a set: the ledger holds one per layer, record, writable
-    # layer and volume, most with a single holder, and a set costs four times the memory.
-    holders: tuple[ObjectKey, ...]
-
-
 class LayerLedger:
-    """Every byte of a snapshot with the objects that hold it. Built once per snapshot."""
+    """Every byte of a snapshot with the objects that hold it. Built once per snapshot.
+
+    A holding is some bytes with the distinct objects holding them: ``_sizes[i]`` bytes held
+    by ``_holders[i]``. One per layer, unshared cache record, writable layer and volume; two
+    parallel lists, not an object per holding, as a snapshot can have hundreds of thousands.
+    Holders are a tuple, not a set: most holdings have a single holder, and a set costs four
+    times the memory.
+    """
 
     def __init__(self, snapshot: Snapshot):
-        self._holdings: list[_Holding] = []
-        self.record_layer: dict[str, str] = {}  # build-cache record id -> chain id it holds
-        # chain id -> ids of the images holding it (a list: a chain id is once in an image).
-        self._layer_images: dict[str, list[str]] = defaultdict(list)
+        self._sizes: list[int] = []
+        self._holders: list[tuple[ObjectKey, ...]] = []
         image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
+        # chain id -> its size, the chain id below it, and the images holding it (in listing
+        # order; an image listed twice is there twice). First sighting wins for size and parent.
         layer_size: dict[str, int] = {}
         layer_parent: dict[str, str] = {}
+        layer_images: dict[str, list[ObjectKey]] = {}
 
         for image in snapshot.images:
             key = image_keys.setdefault(image.id, (Kind.IMAGE, image.id))
             if image.layers:
                 previous = ""
                 for layer in image.layers:
-                    layer_size.setdefault(layer.chain_id, layer.size)
-                    layer_parent.setdefault(layer.chain_id, previous)
-                    self._layer_images[layer.chain_id].append(image.id)
-                    previous = layer.chain_id
+                    chain_id = layer.chain_id
+                    holders = layer_images.get(chain_id)
+                    if holders is None:
+                        layer_images[chain_id] = [key]
+                        layer_size[chain_id] = layer.size
+                        layer_parent[chain_id] = previous
+                    else:
+                        holders.append(key)
+                    previous = chain_id
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
                 # part is this image's alone; the shared part is held by something else too, so
@@ -104,35 +109,46 @@ class LayerLedger:
                 # holds, so nothing is predicted.
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
-                    self._holdings.append(_Holding(unique, (key,)))
+                    self._hold(unique, (key,))
+        self._layer_images = layer_images
 
-        self.record_layer = _match_records(snapshot.build_cache, layer_size, layer_parent)
-        layer_records: dict[str, set[str]] = defaultdict(set)
+        # build-cache record id -> chain id of the layer it holds
+        self.record_layer: dict[str, str] = _match_records(snapshot.build_cache, layer_size, layer_parent)
+        layer_records: dict[str, list[ObjectKey]] = defaultdict(list)
         for record_id, chain_id in self.record_layer.items():
-            layer_records[chain_id].add(record_id)
+            layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
 
         for chain_id, size in layer_size.items():
             if size <= 0:
                 continue
-            holders = [image_keys[image_id] for image_id in dict.fromkeys(self._layer_images[chain_id])]
-            holders += [(Kind.BUILD_CACHE, rid) for rid in layer_records.get(chain_id, ())]
-            self._holdings.append(_Holding(size, tuple(holders)))
+            images = layer_images[chain_id]
+            holders = tuple(dict.fromkeys(images)) if len(images) > 1 else tuple(images)
+            if chain_id in layer_records:
+                holders += tuple(layer_records[chain_id])
+            self._hold(size, holders)
 
         for record in snapshot.build_cache:
             if record.size > 0 and not record.shared:
-                self._holdings.append(_Holding(record.size, ((Kind.BUILD_CACHE, record.id),)))
+                self._hold(record.size, ((Kind.BUILD_CACHE, record.id),))
             # A shared record without a matching layer shares its bytes with something we
             # cannot see: deleting it is predicted to free nothing.
         for container in snapshot.containers:
             if container.size_rw > 0:
-                self._holdings.append(_Holding(container.size_rw, ((Kind.CONTAINER, container.id),)))
+                self._hold(container.size_rw, ((Kind.CONTAINER, container.id),))
         for volume in snapshot.volumes:
             if volume.size > 0:
-                self._holdings.append(_Holding(volume.size, ((Kind.VOLUME, volume.name),)))
+                self._hold(volume.size, ((Kind.VOLUME, volume.name),))
+
+    def _hold(self, size: int, holders: tuple[ObjectKey, ...]) -> None:
+        self._sizes.append(size)
+        self._holders.append(holders)
 
     def records_holding_images(self) -> dict[str, set[str]]:
         """Given the ledger, return build-cache record id -> ids of images containing its layer."""
-        return {rid: set(self._layer_images.get(chain, ())) for rid, chain in self.record_layer.items()}
+        return {
+            rid: {image_id for _, image_id in self._layer_images.get(chain, ())}
+            for rid, chain in self.record_layer.items()
+        }
 
     def freed(self, deletions: Sequence[ObjectKey]) -> Freed:
         """Given the objects to delete in execution order, return the bytes each frees.
@@ -141,29 +157,30 @@ class LayerLedger:
         go except build-cache records is reported as held by cache, on the last image.
         """
         position = {key: index for index, key in enumerate(deletions)}
-        by_object: dict[ObjectKey, int] = {key: 0 for key in deletions}
+        by_object: dict[ObjectKey, int] = dict.fromkeys(deletions, 0)
         held: dict[ObjectKey, int] = {}
-        for holding in self._holdings:
-            if not holding.holders:
+        for size, holders in zip(self._sizes, self._holders):
+            if len(holders) == 1:  # most bytes: freed by their one holder, if it goes
+                if holders[0] in position:
+                    by_object[holders[0]] += size
                 continue
-            staying = [h for h in holding.holders if h not in position]
+            staying = [h for h in holders if h not in position]
             if not staying:
-                last = max(holding.holders, key=position.__getitem__)
-                by_object[last] += holding.size
+                last = max(holders, key=position.__getitem__)
+                by_object[last] += size
             elif all(kind is Kind.BUILD_CACHE for kind, _ in staying):
-                going_images = [h for h in holding.holders if h in position and h[0] is Kind.IMAGE]
+                going_images = [h for h in holders if h in position and h[0] is Kind.IMAGE]
                 if going_images:
                     last = max(going_images, key=position.__getitem__)
-                    held[last] = held.get(last, 0) + holding.size
+                    held[last] = held.get(last, 0) + size
         return Freed(by_object, held)
 
     def unique_bytes(self) -> dict[ObjectKey, int]:
         """Given the ledger, return object -> bytes it holds alone (what deleting just it would free)."""
         unique: dict[ObjectKey, int] = defaultdict(int)
-        for holding in self._holdings:
-            if len(holding.holders) == 1:
-                (holder,) = holding.holders
-                unique[holder] += holding.size
+        for size, holders in zip(self._sizes, self._holders):
+            if len(holders) == 1:
+                unique[holders[0]] += size
         return dict(unique)
 
 
