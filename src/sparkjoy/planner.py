@@ -117,6 +117,7 @@ class _Planner:
         self.images_by_id = {image.id: image for image in snapshot.images}
         self._everything_old = policy.everything_old
         self._max_age = policy.max_age
+        self._scoped = policy.scoped
         # Said in the reason of every object the age decides: worded once.
         self._max_age_text = (
             "negative max age: everything counts as old"
@@ -150,12 +151,25 @@ class _Planner:
         # The deletions' keys, in the order their drafts come: kept objects free nothing.
         keys = iter(deletion_order)
         objects = []
-        for draft in drafts:
-            if draft[3][0] is Decision.DELETE:
+        for kind, object_id, names, (decision, reason, when), size in drafts:
+            freed_bytes = held_bytes = 0
+            if decision is Decision.DELETE:
                 key = next(keys)
-                objects.append(_planned(*draft, by_object[key], held.get(key, 0)))
-            else:
-                objects.append(_planned(*draft, 0, 0))
+                freed_bytes, held_bytes = by_object[key], held.get(key, 0)
+            objects.append(
+                PlannedObject(
+                    kind,
+                    object_id,
+                    names,
+                    decision,
+                    reason,
+                    freed_bytes,
+                    held_bytes,
+                    when,
+                    max(size, 0),
+                    not reason.startswith("out of scope"),
+                )
+            )
         return Plan(objects=tuple(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)
 
     # -- containers -------------------------------------------------------------------
@@ -215,9 +229,9 @@ class _Planner:
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
         candidates: list[tuple[Image, datetime]] = []
         # Unscoped and without exclusions (the common case), no image needs asking.
-        scoped, excluding = self.policy.scoped, bool(self.policy.exclude)
+        excluding = bool(self.policy.exclude)
         for image in self.snapshot.images:
-            problem = self.policy.image_in_scope(image) if scoped else None
+            problem = self.policy.image_in_scope(image) if self._scoped else None
             when, what = self.image_reference_time(image)
             if problem:
                 decisions[image.id] = (Decision.KEEP, problem, when)
@@ -308,7 +322,7 @@ class _Planner:
     def plan_build_cache(self, ledger: LayerLedger) -> list[_Draft]:
         records = {r.id: r for r in self.snapshot.build_cache}
         # Which images a record holds matters only to a scope.
-        holding = ledger.records_holding_images() if self.policy.scoped else {}
+        holding = ledger.records_holding_images() if self._scoped else {}
         decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
         for record in records.values():
             decisions[record.id] = self.decide_record(record, holding.get(record.id))
@@ -326,6 +340,10 @@ class _Planner:
         depths: dict[str, int] = {}
 
         def depth(record: BuildCacheRecord) -> int:
+            parent = record.parent
+            if parent in depths and parent != record.id:  # a parent listed first: known already
+                depths[record.id] = depths[parent] + 1
+                return depths[record.id]
             # Walk up to the first ancestor whose depth is known, then remember the chain walked.
             chain, seen, current = [record.id], {record.id}, record.parent
             while current and current in records and current not in seen and current not in depths:
@@ -354,7 +372,7 @@ class _Planner:
     def decide_record(
         self, record: BuildCacheRecord, holds_images: set[str] | None
     ) -> tuple[Decision, str, datetime | None]:
-        if self.policy.scoped:
+        if self._scoped:
             # Labels on build cache do not work, so a record belongs to the scope only when
             # the layer it holds belongs to in-scope images alone.
             if not holds_images:
@@ -419,24 +437,3 @@ class _Planner:
 Decided = tuple[Decision, str, "datetime | None"]
 # An object decided, before the bytes of the whole plan are known: (kind, id, names, decided, size).
 _Draft = tuple[Kind, str, tuple[str, ...], Decided, int]
-
-
-def _planned(
-    kind: Kind, object_id: str, names: tuple[str, ...], decided: Decided, size: int, freed: int, held: int
-) -> PlannedObject:
-    """Given an object's identity, its (decision, reason, reference time) and the bytes its deletion
-    frees (and leaves held by build cache), return it planned. Kept objects free nothing."""
-    decision, reason, when = decided
-    deleting = decision is Decision.DELETE
-    return PlannedObject(
-        kind,
-        object_id,
-        names,
-        decision,
-        reason,
-        freed if deleting else 0,
-        held if deleting else 0,
-        when,
-        max(size, 0),
-        not reason.startswith("out of scope"),
-    )

@@ -97,6 +97,12 @@ def format_bytes(count: int) -> str:
 
 def format_duration(delta: timedelta) -> str:
     """Given a timedelta, return a short human form: ``"3h12m"``, ``"45s"``, ``"2d4h"``."""
+    days = delta.days
+    if 0 < days < 10_000:
+        # The common case (an age of days), read straight off the timedelta: the float of
+        # total_seconds() is exact this far, so the result is the same.
+        hours = delta.seconds // 3600
+        return f"{days}d{hours}h" if hours else f"{days}d"
     seconds = int(delta.total_seconds())
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
