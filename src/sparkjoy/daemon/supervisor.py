@@ -48,7 +48,7 @@ from ..planner import plan as make_plan
 from ..policy import Policy
 from ..state import State
 from ..units import format_bytes, format_duration
-from .events import DockerResolver, EventInterpreter, EventStream, observe
+from .events import DockerResolver, EventInterpreter, EventStream, changed_object, observe
 from .settings import DaemonSettings, lock_path
 from .triggers import Decision, Situation, Trigger, TriggerSettings, decide, due_trigger
 from .watermarks import Eviction, eviction_policy, plan_eviction
@@ -202,6 +202,7 @@ class Supervisor:
         self.pressure_checks = 0
         self.data_root: str | None = None
         self.interpreter: EventInterpreter | None = None
+        self._engine: DockerEngine | None = None  # the connection being served
         self._stream: EventStream | None = None
         self._next_attempt = 0.0
         self._next_build_check = 0.0
@@ -297,7 +298,9 @@ class Supervisor:
         failures = 0
         while not self._stop.is_set():
             try:
-                engine = DockerEngine.connect(self.settings.host, timeout=self.settings.timeout)
+                # Snapshot inspects are remembered while the event stream says nothing changed.
+                engine = DockerEngine.connect(self.settings.host, timeout=self.settings.timeout,
+                                              remember_inspects=True)
                 self.connections += 1
                 self.contact.reached()
                 if failures:
@@ -315,6 +318,7 @@ class Supervisor:
         return None
 
     def _serve(self, engine: DockerEngine) -> None:
+        self._engine = engine
         self.interpreter = EventInterpreter(DockerResolver(engine.api), self._counting_policy())
         # The stream gets a client of its own: it blocks in a read for as long as it lives.
         stream_api = DockerEngine(engine.connection, timeout=self.settings.timeout).api
@@ -406,6 +410,9 @@ class Supervisor:
                 events.append(payload)
             elif what == "connected":
                 self.contact.reached()
+                # Answers read before the stream was there may have missed a change.
+                if self._engine is not None:
+                    self._engine.forget()
             elif what == "ended":
                 lost = payload
             elif what == "prune":
@@ -432,6 +439,11 @@ class Supervisor:
 
     def _learn(self, events: list[dict]) -> None:
         assert self.state is not None and self.interpreter is not None
+        if self._engine is not None:
+            for event in events:
+                changed = changed_object(event)
+                if changed is not False:
+                    self._engine.forget(changed)
         observations = [o for o in (observe(e) for e in events) if o is not None]
         self.events_read += len(events)
         self.contact.reached()

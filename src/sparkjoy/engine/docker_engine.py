@@ -3,6 +3,12 @@
 One ``/system/df`` call lists every kind with sizes; images are then inspected (for the
 last-tag time and layers) and stopped containers inspected (for their finish time), in a
 small thread pool. Image history, which never changes for an image ID, is cached.
+
+A long-lived owner that follows the engine's event stream (the daemon) can ask for the
+inspects to be remembered too (``remember_inspects=True``): a later snapshot then asks only
+about objects the engine said changed (``forget``), so an idle engine costs one
+``/system/df`` per snapshot. Deletions never use remembered answers: the executor's
+re-checks always ask the engine.
 """
 
 from __future__ import annotations
@@ -82,10 +88,18 @@ def _plain_cause(base_url: str, error: BaseException) -> str:
 class DockerEngine:
     """A Docker-compatible engine reached through the SDK's ``APIClient``."""
 
-    def __init__(self, connection: Connection, timeout: int = DEFAULT_TIMEOUT, api_version: str = "auto"):
+    def __init__(
+        self,
+        connection: Connection,
+        timeout: int = DEFAULT_TIMEOUT,
+        api_version: str = "auto",
+        remember_inspects: bool = False,
+    ):
         self.connection = connection
         self.host = connection.base_url
         self._history_cache: dict[str, Any] = {}
+        # Snapshot inspects by image or container id, while the owner says nothing changed.
+        self._remembered: dict[str, Any] | None = {} if remember_inspects else None
         try:
             self.api = docker.APIClient(
                 base_url=connection.base_url,
@@ -110,11 +124,32 @@ class DockerEngine:
             _reuse_unix_connections(self.api)
 
     @classmethod
-    def connect(cls, host: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> "DockerEngine":
+    def connect(
+        cls, host: str | None = None, timeout: int = DEFAULT_TIMEOUT, remember_inspects: bool = False
+    ) -> "DockerEngine":
         """Given ``--host`` (or None for DOCKER_HOST / context / default), connect and check the engine answers."""
-        engine = cls(resolve(host), timeout=timeout)
+        engine = cls(resolve(host), timeout=timeout, remember_inspects=remember_inspects)
         engine.ping()
         return engine
+
+    def forget(self, object_id: str | None = None) -> None:
+        """The engine reported a change to this image or container (None: anything may have
+        changed): the next snapshot inspects it again."""
+        if self._remembered is None:
+            return
+        if object_id is None:
+            self._remembered.clear()
+        else:
+            self._remembered.pop(object_id, None)
+
+    def _inspect(self, what: str, object_id: str, fn: Callable[[], Any]) -> Any:
+        """Inspect for a snapshot: the remembered answer when there is one."""
+        if self._remembered is not None and object_id in self._remembered:
+            return self._remembered[object_id]
+        answer = self._call(f"inspect {what} {object_id}", fn)
+        if self._remembered is not None and isinstance(answer, dict):
+            self._remembered[object_id] = answer
+        return answer
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -188,7 +223,7 @@ class DockerEngine:
         def read_image(entry: dict):
             image_id = entry["Id"]
             try:
-                inspect = self._call(f"inspect image {image_id}", lambda: self.api.inspect_image(image_id))
+                inspect = self._inspect("image", image_id, lambda: self.api.inspect_image(image_id))
             except EngineNotFound:
                 return None  # deleted since the listing
             layers: tuple = ()
@@ -202,9 +237,7 @@ class DockerEngine:
             inspect = None
             if state in (ContainerState.EXITED.value, ContainerState.DEAD.value):
                 try:
-                    inspect = self._call(
-                        f"inspect container {entry['Id']}", lambda: self.api.inspect_container(entry["Id"])
-                    )
+                    inspect = self._inspect("container", entry["Id"], lambda: self.api.inspect_container(entry["Id"]))
                 except EngineNotFound:
                     return None
             return convert.container_from(entry, inspect)
@@ -214,7 +247,12 @@ class DockerEngine:
             containers = tuple(c for c in pool.map(read_container, container_entries) if c is not None)
         images = self._with_listed_parents(images)
 
-        version = self._call("read engine version", self.api.version)
+        if self._remembered is not None and "version" in self._remembered:
+            version = self._remembered["version"]  # the same engine process: a restart ends its event stream
+        else:
+            version = self._call("read engine version", self.api.version)
+            if self._remembered is not None:
+                self._remembered["version"] = version
         return Snapshot(
             taken_at=taken_at,
             images=images,
