@@ -21,6 +21,7 @@ from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult
+from .model import Snapshot
 from .planner import EMPTY_MEMORY, Memory, Plan, plan as make_plan
 
 
@@ -118,6 +119,23 @@ def _remembered(settings: config.Settings, engine: DockerEngine) -> Memory:
         remembered.close()
 
 
+def _snapshot(settings: config.Settings, engine: DockerEngine) -> Snapshot:
+    """Read the engine, with the image histories earlier runs read (they never change for an
+    image ID) taken from the state database and this run's saved there, so a second run asks
+    the engine for new images' histories only. The cache is best effort: a state database
+    that cannot be used costs only the engine calls it would have saved."""
+    path = _state_path(settings)
+    cache = state.State.open(path, engine.host, quiet=True)
+    try:
+        engine.know_histories(cache.histories())
+        snapshot = engine.snapshot()
+        if cache.persistent:
+            cache.save_histories(engine.histories_of(snapshot))
+        return snapshot
+    finally:
+        cache.close()
+
+
 def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, plan: Plan) -> None:
     """After a real prune, record images seen for the first time, so an image with no usable
     timestamp can age from today on (it is kept until then). Recorded after planning, so this
@@ -132,7 +150,7 @@ def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, p
 def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tuple[DockerEngine, Plan]:
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
     memory = _remembered(settings, engine)
-    snapshot = engine.snapshot()
+    snapshot = _snapshot(settings, engine)
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
     return engine, make_plan(snapshot, settings.policy, memory, now=now)
 

@@ -20,6 +20,7 @@ or ``/var/lib/sparkjoy/state.db`` when running as root.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS claims (
     repository TEXT NOT NULL,   -- a repository glob a dev tool said is its own
     last_claimed REAL NOT NULL, -- unix seconds
     PRIMARY KEY (engine, repository)
+);
+CREATE TABLE IF NOT EXISTS histories (
+    engine TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    steps TEXT NOT NULL,        -- JSON: the image's history steps, [{"Size": int, "CreatedBy": "RUN"}]
+    PRIMARY KEY (engine, image_id)
 );
 CREATE TABLE IF NOT EXISTS engines (
     engine TEXT PRIMARY KEY,
@@ -133,11 +140,12 @@ class State:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None, engine: str) -> "State":
+    def open(cls, path: str | os.PathLike | None, engine: str, quiet: bool = False) -> "State":
         """Given a database path (None: in memory) and the engine's address, open or create the state.
 
         Never raises for a bad file: a corrupt one is moved aside and rebuilt, an unwritable
-        location falls back to memory; both with a warning.
+        location falls back to memory; both with a warning (the fallback to memory only at
+        debug level when ``quiet``: for callers that use the state as a cache).
         """
         if path is None:
             return cls(None, engine, _connect(":memory:"), persistent=False)
@@ -147,7 +155,7 @@ class State:
             return cls(db_path, engine, _connect(str(db_path)), persistent=True)
         except sqlite3.DatabaseError as error:
             if _is_unopenable(error, db_path):
-                return cls._in_memory(db_path, engine, error)
+                return cls._in_memory(db_path, engine, error, quiet)
             moved = _move_aside(db_path)
             log.warning(
                 "state database %s is unreadable (%s); moved it to %s and starting with fresh state "
@@ -157,13 +165,14 @@ class State:
             try:
                 return cls(db_path, engine, _connect(str(db_path)), persistent=True)
             except (sqlite3.DatabaseError, OSError) as second:
-                return cls._in_memory(db_path, engine, second)
+                return cls._in_memory(db_path, engine, second, quiet)
         except OSError as error:
-            return cls._in_memory(db_path, engine, error)
+            return cls._in_memory(db_path, engine, error, quiet)
 
     @classmethod
-    def _in_memory(cls, db_path: Path, engine: str, error: BaseException) -> "State":
-        log.warning(
+    def _in_memory(cls, db_path: Path, engine: str, error: BaseException, quiet: bool = False) -> "State":
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "cannot use state database %s (%s); keeping state in memory for this run only. "
             "Fix: make its directory writable or set [daemon] state_db", db_path, error,
         )
@@ -244,6 +253,44 @@ class State:
             gone = [(self.engine, image_id) for image_id in stored if image_id not in keep]
             self._db.executemany("DELETE FROM images WHERE engine = ? AND image_id = ?", gone)
         return len(gone)
+
+    # -- image histories (a cache) ------------------------------------------------------
+
+    @_recovering(dict)
+    def histories(self) -> dict[str, list]:
+        """Given what earlier snapshots read, return image id -> its history steps.
+
+        An image's history never changes for its ID, so a later snapshot need not ask the
+        engine again (``DockerEngine(histories=...)``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT image_id, steps FROM histories WHERE engine = ?", (self.engine,)
+            ).fetchall()
+        found: dict[str, list] = {}
+        for image_id, steps in rows:
+            try:
+                decoded = json.loads(steps)
+            except ValueError:
+                continue  # unreadable row: asked of the engine again
+            if isinstance(decoded, list):
+                found[image_id] = decoded
+        return found
+
+    @_recovering(None)
+    def save_histories(self, histories: Mapping[str, list]) -> None:
+        """Keep exactly these images' history steps (the images the engine has now): rows of
+        images gone are dropped, so the cache never outgrows the engine."""
+        rows = {
+            image_id: json.dumps(steps, separators=(",", ":"))
+            for image_id, steps in histories.items() if isinstance(steps, list)
+        }
+        with self._lock, self._db:
+            stored = {row[0] for row in self._db.execute(
+                "SELECT image_id FROM histories WHERE engine = ?", (self.engine,))}
+            self._db.executemany("DELETE FROM histories WHERE engine = ? AND image_id = ?",
+                                 [(self.engine, i) for i in stored - rows.keys()])
+            self._db.executemany("INSERT OR IGNORE INTO histories (engine, image_id, steps) VALUES (?, ?, ?)",
+                                 [(self.engine, i, steps) for i, steps in rows.items() if i not in stored])
 
     # -- events and prunes --------------------------------------------------------------
 
@@ -343,6 +390,7 @@ def _connect(target: str) -> sqlite3.Connection:
                 raise sqlite3.DatabaseError(f"schema version {stored[0]}, expected {SCHEMA_VERSION}")
             # A table from another program with our names but other columns is caught here.
             connection.execute("SELECT engine, image_id, first_seen, last_used FROM images LIMIT 1").fetchall()
+            connection.execute("SELECT engine, image_id, steps FROM histories LIMIT 1").fetchall()
             connection.execute(
                 "SELECT engine, last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines LIMIT 1"
             ).fetchall()

@@ -159,3 +159,38 @@ def test_a_database_broken_while_the_daemon_runs_is_rebuilt_and_the_call_still_s
     assert "became unreadable" in caplog.text
     assert state.memory().last_used == {"sha256:b": NOW}
     assert state.persistent
+
+
+def test_image_histories_are_kept_per_engine_and_only_for_images_the_engine_still_has(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    steps = [{"Size": 5, "CreatedBy": "RUN"}, {"Size": 0, "CreatedBy": ""}]
+    state = State.open(path, "unix:///e1")
+    state.save_histories({"sha256:a": steps, "sha256:b": [{"Size": 1, "CreatedBy": "COPY"}]})
+    State.open(path, "unix:///e2").save_histories({"sha256:a": [{"Size": 9, "CreatedBy": "ADD"}]})
+    state.close()
+
+    reopened = State.open(path, "unix:///e1")
+    assert reopened.histories() == {"sha256:a": steps, "sha256:b": [{"Size": 1, "CreatedBy": "COPY"}]}
+    # The engine no longer has b: its history goes, a's stays, another engine's is untouched.
+    reopened.save_histories({"sha256:a": steps})
+    assert reopened.histories() == {"sha256:a": steps}
+    assert State.open(path, "unix:///e2").histories() == {"sha256:a": [{"Size": 9, "CreatedBy": "ADD"}]}
+
+
+def test_an_unreadable_history_row_is_left_out_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = State.open(path, "unix:///e1")
+    state.save_histories({"sha256:a": [{"Size": 5, "CreatedBy": "RUN"}]})
+    state._db.execute("INSERT INTO histories VALUES ('unix:///e1', 'sha256:b', 'not json')")
+    state._db.execute("INSERT INTO histories VALUES ('unix:///e1', 'sha256:c', '{\"a\": 1}')")
+    assert state.histories() == {"sha256:a": [{"Size": 5, "CreatedBy": "RUN"}]}
+
+
+def test_a_cache_user_opening_an_unusable_location_gets_no_warning(tmp_path: Path, caplog) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with caplog.at_level(logging.DEBUG, logger="sparkjoy.state"):
+        state = State.open(blocker / "state.db", "unix:///e1", quiet=True)
+    assert not state.persistent
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert state.histories() == {}

@@ -18,6 +18,7 @@ from sparkjoy.engine.convert import (
     chain_ids,
     container_from,
     image_from,
+    history_steps,
     layers_from,
     parse_time,
     real_tags,
@@ -393,3 +394,43 @@ def test_w1s_built_image_top_layer_held_by_its_cache_record_is_held_not_freed() 
     freed = ledger.freed([(Kind.IMAGE, built.id)])
     assert freed.total == 0
     assert freed.total_held_by_cache == 447293
+
+
+# -- what the history cache keeps -----------------------------------------------------------------
+
+_CREATED_BY = st.one_of(
+    st.none(),
+    st.integers(),
+    st.sampled_from([
+        "RUN /bin/sh -c make", "RUN |1 TOKEN=s3cret /bin/sh -c make", "COPY file:ab in / ", "ADD x /",
+        "LABEL a=b", "ENV A=1", "WORKDIR /app", "CMD [\"sh\"]", "/bin/sh -c #(nop)  LABEL a=b",
+        "/bin/sh -c #(nop) COPY file:ab in /", "/bin/sh -c #(nop) WORKDIR /x", "/bin/sh -c make",
+        "", "   ", "#(nop)", "/bin/sh -c #(nop)",
+    ]),
+    st.text(max_size=30),
+)
+_STEP = st.one_of(
+    st.fixed_dictionaries({"Size": st.one_of(st.integers(0, 5), st.none(), st.text(max_size=2)),
+                           "CreatedBy": _CREATED_BY}),
+    st.none(),
+    st.integers(),
+)
+_DIFF_ID = st.sampled_from(["sha256:a", "sha256:b", "sha256:c", EMPTY_LAYER_DIFF_ID])
+
+
+@settings(max_examples=2000)
+@given(st.lists(_STEP, max_size=6), st.lists(_DIFF_ID, min_size=1, max_size=5), st.integers(-1, 12))
+def test_the_steps_the_history_cache_keeps_give_the_same_layers_as_the_full_history(steps, diff_ids, size) -> None:
+    kept = history_steps(steps)
+    assert kept is not None
+    assert layers_from(inspect_with(*diff_ids), kept, size) == layers_from(inspect_with(*diff_ids), steps, size)
+
+
+def test_the_history_cache_keeps_the_instruction_never_the_command() -> None:
+    kept = history_steps([{"Size": 3, "CreatedBy": "RUN |1 TOKEN=s3cret /bin/sh -c make", "Comment": "x"},
+                          {"Size": 0, "CreatedBy": "/bin/sh -c #(nop)  LABEL token=s3cret"},
+                          {"Size": 9, "CreatedBy": "/bin/sh -c curl -H s3cret"}])
+    assert kept == [{"Size": 3, "CreatedBy": "RUN"}, {"Size": 0, "CreatedBy": "/bin/sh -c #(nop) LABEL"},
+                    {"Size": 9, "CreatedBy": ""}]
+    assert "s3cret" not in repr(kept)
+    assert history_steps({"Size": 1}) is None

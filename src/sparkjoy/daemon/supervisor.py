@@ -319,6 +319,8 @@ class Supervisor:
 
     def _serve(self, engine: DockerEngine) -> None:
         self._engine = engine
+        assert self.state is not None
+        engine.know_histories(self.state.histories())  # read by an earlier start or a one-shot run
         self.interpreter = EventInterpreter(DockerResolver(engine.api), self._counting_policy())
         # The stream gets a client of its own: it blocks in a read for as long as it lives.
         stream_api = DockerEngine(engine.connection, timeout=self.settings.timeout).api
@@ -533,6 +535,8 @@ class Supervisor:
             self._failed(trigger, error)
             return
         self.contact.reached()
+        if self.state is not None:
+            self.state.save_histories(engine.histories_of(snapshot))  # for the next start
         self.engine_in_use_records = sum(1 for r in snapshot.build_cache if r.in_use)
         now = self.clock()
         decision = decide(self.triggers, self.situation(now), now)

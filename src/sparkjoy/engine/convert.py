@@ -125,6 +125,34 @@ def _step_makes_layer(created_by: Any) -> bool | None:
     return None
 
 
+def history_steps(history: Any) -> list[dict] | None:
+    """Given an image's history answer, return just what ``layers_from`` reads of it: each
+    step's size and the instruction word of its ``CreatedBy`` (never the command itself, which
+    can hold build arguments: it is kept on disk by the history cache). None when unreadable.
+
+    Example: ``[{"Size": 5, "CreatedBy": "RUN |1 TOKEN=x /bin/sh -c make"}]`` ->
+    ``[{"Size": 5, "CreatedBy": "RUN"}]``.
+    """
+    if not isinstance(history, list):
+        return None
+    steps = []
+    for step in history:
+        if not isinstance(step, Mapping):
+            steps.append({})
+            continue
+        created_by = step.get("CreatedBy")
+        word = ""
+        if isinstance(created_by, str):
+            text = created_by.strip()
+            prefix = ""
+            if text.startswith(_CLASSIC_NOP):
+                prefix, text = _CLASSIC_NOP + " ", text[len(_CLASSIC_NOP):].strip()
+            first = text.split(None, 1)[0] if text else ""
+            word = prefix + first if first in _MAKES_LAYER or first in _CONFIG_ONLY else prefix
+        steps.append({"Size": step.get("Size"), "CreatedBy": word})
+    return steps
+
+
 def _aligned_sizes(sizes: list[int], kinds: list[bool | None], diff_ids: list[str]) -> list[int] | None:
     """Given history step sizes and kinds (oldest first) and the image's diff IDs, return each
     layer's size when only one lining-up of steps and layers fits, else None.

@@ -2,7 +2,9 @@
 
 One ``/system/df`` call lists every kind with sizes; images are then inspected (for the
 last-tag time and layers) and stopped containers inspected (for their finish time), in a
-small thread pool. Image history, which never changes for an image ID, is cached.
+small thread pool. Image history, which never changes for an image ID, is cached, and the
+one-shot commands keep it across runs in the state database (``know_histories``,
+``histories_of``): a second run asks for the history of new images only.
 
 A long-lived owner that follows the engine's event stream (the daemon) can ask for the
 inspects to be remembered too (``remember_inspects=True``): a later snapshot then asks only
@@ -18,7 +20,7 @@ import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import docker
 import docker.errors
@@ -97,6 +99,8 @@ class DockerEngine:
     ):
         self.connection = connection
         self.host = connection.base_url
+        # Image history never changes for an image ID: read once, from the engine or from an
+        # earlier run's answers (``know_histories``).
         self._history_cache: dict[str, Any] = {}
         # Snapshot inspects by image or container id, while the owner says nothing changed.
         self._remembered: dict[str, Any] | None = {} if remember_inspects else None
@@ -302,6 +306,18 @@ class DockerEngine:
             else image
             for image in images
         )
+
+    def know_histories(self, histories: Mapping[str, Any]) -> None:
+        """Given image id -> history steps read by an earlier run of this engine (``State.histories``),
+        use them instead of asking the engine again."""
+        self._history_cache.update((i, h) for i, h in histories.items() if isinstance(h, list))
+
+    def histories_of(self, snapshot: Snapshot) -> dict[str, list]:
+        """Given a snapshot this engine took, return the history steps read for its images
+        (image id -> steps), to hand to a later run as ``histories``."""
+        known = self._history_cache
+        found = {i.id: convert.history_steps(known.get(i.id)) for i in snapshot.images}
+        return {image_id: steps for image_id, steps in found.items() if steps is not None}
 
     def _history(self, image_id: str) -> Any:
         if image_id not in self._history_cache:
