@@ -114,14 +114,16 @@ def _headline(machine, w1, w2, w3, daemon) -> list[str]:
     if w2 and "api_calls" in w2:
         calls = w2["api_calls"]
         first = calls.get("sparkjoy df", {})
-        later = calls.get("snapshot, later (same engine object, nothing changed)", {})
+        later = calls.get("daemon snapshot, later (nothing changed)", {})
+        warm = calls.get("sparkjoy df, second run", {})
         images = w2["workload"]["counts"].get("images", 0)
         per_kind = first.get("by_endpoint", {})
         inspects = per_kind.get("GET /images/{name}/json", 0)
         repeated = later.get("by_endpoint", {}).get("GET /images/{name}/json", 0)
         rows.append(["engine API calls for one snapshot, W2", f"{images} images",
                      "one list call per kind + bounded, cached inspects; none repeated for unchanged objects later",
-                     f"{first.get('total')} calls ({inspects} image inspects); a later snapshot: {later.get('total')} "
+                     f"`sparkjoy df`: {first.get('total')} calls ({inspects} image inspects), a second run "
+                     f"{warm.get('total')} (history cached); the daemon's later snapshot: {later.get('total')} "
                      f"({repeated} inspects repeated)",
                      _verdict(repeated == 0)])
     for name, data in (("W1", w1), ("W2", w2)):

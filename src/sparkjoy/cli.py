@@ -294,7 +294,7 @@ def prune(**params: Any) -> None:
             raise KeyboardInterrupt
         interrupted.append(signum)
         # os.write, not click.echo: the handler may run in the middle of a write to stderr.
-        os.write(2, b"\nInterrupted: finishing the deletion in progress, then stopping "
+        os.write(2, b"\nInterrupted: finishing the deletions in progress, then stopping "
                  b"(Ctrl-C again to stop at once).\n")
 
     executor = Executor(engine, reporter=_Progress(params["verbose"] and not as_json), audit=params["audit"],

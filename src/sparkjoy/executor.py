@@ -10,8 +10,10 @@ which stops the run with the rest reported as not attempted.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Protocol
 
@@ -80,6 +82,7 @@ class Reporter(Protocol):
 
 
 BUSY_RETRIES = 5
+DELETE_WORKERS = 8
 
 
 @dataclass
@@ -92,6 +95,11 @@ class Executor:
     # tests need not wait; the daemon passes an interruptible wait.
     wait: Callable[[float], None] = time.sleep
     audit: bool = False
+    # Images deleted at once (the engine's own work per image is mostly file removal, which
+    # overlaps well): about twice as fast as one at a time on 2 cores. 1: strictly in order.
+    workers: int = DELETE_WORKERS
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _stop_reason: str = field(default="", init=False, repr=False, compare=False)
 
     def execute(self, plan: Plan) -> RunResult:
         stopped_early = ""
@@ -103,32 +111,28 @@ class Executor:
             # An engine that cannot say what it holds is no engine to delete from.
             usage_before, stopped_early = 0, f"nothing deleted: reading usage before the run failed: {error}"
         measured = not stopped_early
+        self._stop_reason = stopped_early
         results: list[ObjectResult] = []
         removed_containers: set[str] = set()
-        for planned in plan.deletions:
-            if stopped_early:
-                results.append(ObjectResult(planned, Outcome.SKIPPED, stopped_early))
-                continue
-            if self.should_stop():
-                stopped_early = "shutdown requested"
-                results.append(ObjectResult(planned, Outcome.SKIPPED, stopped_early))
-                continue
-            try:
-                result = self._execute_one(planned, removed_containers)
-            except EngineUnreachable as error:
-                stopped_early = f"engine unreachable: {error.cause}"
-                # Attempted, not skipped: the engine may have done the deletion and gone
-                # before answering, so only the objects after this one are "not attempted".
-                result = ObjectResult(
-                    planned, Outcome.FAILED, f"{stopped_early} (it may or may not have been deleted)"
-                )
-            except EngineError as error:
-                result = self._failed(planned, error)
-            if result.outcome is Outcome.DELETED and planned.kind is Kind.CONTAINER:
-                removed_containers.add(planned.id)
-            results.append(result)
-            if self.reporter:
-                self.reporter.object_done(result)
+        pool: ThreadPoolExecutor | None = None
+        try:
+            for batch in self._batches(plan):
+                if len(batch) == 1:
+                    done = [self._attempt(batch[0], removed_containers)]
+                else:
+                    pool = pool or ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delete")
+                    futures = [pool.submit(self._attempt, planned, removed_containers) for planned in batch]
+                    done = (future.result() for future in futures)  # reported in plan order
+                for result in done:
+                    if result.outcome is Outcome.DELETED and result.planned.kind is Kind.CONTAINER:
+                        removed_containers.add(result.planned.id)
+                    results.append(result)
+                    if self.reporter:
+                        self.reporter.object_done(result)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        stopped_early = self._stop_reason
         usage_after = usage_before
         if measured:
             try:
@@ -148,6 +152,54 @@ class Executor:
         return RunResult(plan, tuple(results), usage_before, usage_after, stopped_early, audit)
 
     # -- one object ---------------------------------------------------------------------
+
+    def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
+        """Given the plan, return its deletions in order, in batches that may run at once.
+
+        Images go ``workers`` at a time; a batch ends before an image whose child is in it, so
+        children are gone before their parents, as the plan orders them. Containers go before
+        any image (they pin images), build cache one record at a time (the engine runs one
+        prune at a time), volumes last: one object per batch.
+        """
+        parent_of = {image.id: image.parent_id for image in plan.snapshot.images if image.parent_id}
+        batches: list[list[PlannedObject]] = []
+        current: list[PlannedObject] = []
+        parents_of_current: set[str] = set()
+        for planned in plan.deletions:
+            parallel = planned.kind is Kind.IMAGE and self.workers > 1
+            if current and (not parallel or planned.id in parents_of_current):
+                batches.append(current)
+                current, parents_of_current = [], set()
+            if not parallel:
+                batches.append([planned])
+                continue
+            current.append(planned)
+            if planned.id in parent_of:
+                parents_of_current.add(parent_of[planned.id])
+        if current:
+            batches.append(current)
+        return batches
+
+    def _attempt(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
+        """Delete one object unless the run has stopped; never raises. Runs in a worker thread
+        for images: the run's stop reason is shared, under a lock."""
+        with self._lock:
+            if not self._stop_reason and self.should_stop():
+                self._stop_reason = "shutdown requested"
+            if self._stop_reason:
+                return ObjectResult(planned, Outcome.SKIPPED, self._stop_reason)
+        try:
+            return self._execute_one(planned, removed_containers)
+        except EngineUnreachable as error:
+            with self._lock:
+                self._stop_reason = self._stop_reason or f"engine unreachable: {error.cause}"
+            # Attempted, not skipped: the engine may have done the deletion and gone
+            # before answering, so only the objects after this one are "not attempted".
+            return ObjectResult(
+                planned, Outcome.FAILED, f"engine unreachable: {error.cause} (it may or may not have been deleted)"
+            )
+        except EngineError as error:
+            return self._failed(planned, error)
 
     def _execute_one(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
         if planned.kind is Kind.CONTAINER:

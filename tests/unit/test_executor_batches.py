@@ -1,0 +1,70 @@
+"""The executor deletes images several at a time; children always go before their parents.
+
+`Executor._batches` is pure (plan in, batches out); the real deletions in parallel are
+tested on the engine in tests/integration/test_parallel_deletes.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkjoy.executor import Executor
+from sparkjoy.model import Kind
+from sparkjoy.planner import plan
+from sparkjoy.policy import Policy
+
+from tests.unit.builders import NOW, ago, container, image, snapshot
+
+EVERYTHING_OLD = Policy(max_age=timedelta(seconds=-1), keep_recent=0)
+
+
+@st.composite
+def families(draw):
+    """Images where each may stand on an earlier one (a classic builder's chains), some
+    stopped containers, in a random listing order."""
+    count = draw(st.integers(1, 40))
+    images = []
+    for index in range(count):
+        parent = draw(st.one_of(st.just(""), st.integers(0, index - 1).map(lambda p: f"sha256:{p:04}")
+                                if index else st.just("")))
+        tags = draw(st.sampled_from([(), (f"app:{index}",), (f"app:{index}", f"other:{index}")]))
+        images.append(image(f"sha256:{index:04}", *tags, tagged=ago(days=1), parent=parent))
+    containers = [container(f"c{n}", images[n % count].id, state="exited", finished=ago(days=1))
+                  for n in range(draw(st.integers(0, 3)))]
+    return snapshot(images=draw(st.permutations(images)), containers=containers)
+
+
+@settings(max_examples=500, deadline=None)
+@given(families(), st.integers(1, 9))
+def test_batches_keep_plan_order_and_never_hold_an_image_with_its_parent(snap, workers) -> None:
+    the_plan = plan(snap, EVERYTHING_OLD, now=NOW)
+    batches = Executor(engine=None, workers=workers)._batches(the_plan)  # type: ignore[arg-type]
+
+    assert [p for batch in batches for p in batch] == list(the_plan.deletions)
+    parent_of = {i.id: i.parent_id for i in snap.images}
+    done: set[str] = set()
+    for batch in batches:
+        assert len(batch) == 1 or all(p.kind is Kind.IMAGE for p in batch), "only images go at once"
+        assert workers > 1 or len(batch) == 1
+        ids = {p.id for p in batch}
+        for planned in batch:
+            if planned.kind is Kind.IMAGE:
+                assert parent_of[planned.id] not in ids, "a parent in the batch of its child"
+                children = {i for i, p in parent_of.items() if p == planned.id} & {d.id for d in the_plan.deletions}
+                assert children <= done, "a parent before one of its children"
+        done |= ids
+
+
+def test_independent_images_go_in_one_batch_and_a_chain_one_link_at_a_time() -> None:
+    snap = snapshot(images=[image("sha256:base", "base:1", tagged=ago(days=1)),
+                            image("sha256:mid", tagged=ago(days=1), parent="sha256:base"),
+                            image("sha256:top", "top:1", tagged=ago(days=1), parent="sha256:mid"),
+                            *[image(f"sha256:solo{n}", f"solo:{n}", tagged=ago(days=1)) for n in range(5)]])
+    batches = Executor(engine=None, workers=8)._batches(plan(snap, EVERYTHING_OLD, now=NOW))  # type: ignore[arg-type]
+    as_ids = [[p.id for p in batch] for batch in batches]
+    position = {object_id: n for n, batch in enumerate(as_ids) for object_id in batch}
+    assert position["sha256:top"] < position["sha256:mid"] < position["sha256:base"]
+    assert len(as_ids) == 3, as_ids
