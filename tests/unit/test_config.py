@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -288,7 +289,19 @@ def test_any_config_file_gives_settings_or_a_config_error_and_nothing_else(conte
         try:
             loaded = config.load({}, str(path), {"HOME": directory})
         except ConfigError as error:
+            assert error.exit_code is ExitCode.USAGE
             assert error.problems and all(isinstance(p, str) and p for p in error.problems)
+            # Each problem names the file, and in a file that is valid TOML, a key it holds.
+            assert all(str(path) in p for p in error.problems), error.problems
+            try:
+                document = tomllib.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+                return
+            keys = set(document) | {f"{table}.{key}" for table, inner in document.items()
+                                    if isinstance(inner, dict) for key in inner}
+            keys |= {f"[{table}] {key}" for table, inner in document.items() if isinstance(inner, dict) for key in inner}
+            for problem in error.problems:
+                assert any(f" {key} " in problem or f"key {key}" in problem for key in keys), (problem, keys)
         else:
             assert isinstance(loaded, config.Settings)
 
@@ -304,6 +317,13 @@ def test_any_environment_gives_settings_or_a_config_error_and_nothing_else(envir
         try:
             loaded = config.load({}, None, {"HOME": directory, "XDG_CONFIG_HOME": directory, **environ})
         except ConfigError as error:
-            assert error.problems
+            assert error.exit_code is ExitCode.USAGE and error.problems
+            # Each problem names the variable and shows its value.
+            for problem in error.problems:
+                named = [name for name in environ if f"environment variable {name}:" in problem]
+                assert named, (problem, environ)
+                # Long values are shown cut short, never left out.
+                assert any(repr(value)[:40] in problem for name in named
+                           for value in (environ[name], environ[name].strip())), (problem, environ)
         else:
             assert isinstance(loaded, config.Settings)
