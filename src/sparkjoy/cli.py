@@ -259,6 +259,7 @@ def prune(**params: Any) -> None:
             if as_json:
                 click.echo(report.dumps(report.result_json(result)))
             elif not params["quiet"]:
+                click.echo(report.render_plan(plan, verbose=params["verbose"]))
                 click.echo(report.render_result(result, verbose=params["verbose"]))
             if not result.ok:
                 sys.exit(int(ExitCode.FAILED))

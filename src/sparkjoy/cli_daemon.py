@@ -25,7 +25,7 @@ DAEMON_FLAGS = {
     "data_root": "daemon.data_root", "state_db": "daemon.state_db",
     "build_wait_limit": "daemon.build_wait_limit", "quiet_period": "daemon.quiet_period",
     "listen": "daemon.listen", "log_format": "daemon.log_format", "disable": "daemon.disable",
-    "scope_from_builds": "daemon.scope_from_builds",
+    "scope_from_builds": "daemon.scope_from_builds", "audit": "daemon.audit",
 }
 
 
@@ -56,6 +56,8 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 @click.option("--disable/--enable", "disable", default=None, help="Record last use but never prune.")
 @click.option("--scope-from-builds", is_flag=True, default=None,
               help="Prune only repositories that dev tools claim in build notifications (--repo of `sparkjoy build`).")
+@click.option("--audit", is_flag=True, default=None,
+              help="After each prune, check every kept object is still there; a finding fails the run.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and deleted object (debug level).")
 def run_command(**params: Any) -> None:
     """Run the pruner as a service: prune at the right moments, never while a build runs.

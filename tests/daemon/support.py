@@ -28,6 +28,7 @@ class RunningDaemon:
             "daemon.state_db": str(state_dir / "state.db"),
             "daemon.listen": "127.0.0.1:0",
             "daemon.quiet_period": "1h",  # no automatic first prune unless a test asks for one
+            "daemon.audit": True,  # every prune checks that what its plan kept is still there
         }
         flags.update({(k if "." in k or k in config.POLICY_KEYS else f"daemon.{k}"): v for k, v in settings.items()})
         loaded = config.load(flags, None, environ={"HOME": str(state_dir)})
@@ -38,6 +39,7 @@ class RunningDaemon:
         )
         self.error: BaseException | None = None
         self.exit_code: int | None = None
+        self.expect_audit_findings = False  # a test that makes a kept object vanish sets it
         self._thread = threading.Thread(target=self._run, name="test-daemon", daemon=True)
 
     def now(self) -> datetime:
@@ -82,6 +84,8 @@ class RunningDaemon:
         if self.error is not None:
             raise self.error
         assert self.exit_code == 0
+        findings = [f for summary in self.supervisor.prunes if summary.result for f in (summary.result.audit or ())]
+        assert self.expect_audit_findings or not findings, f"a daemon prune's audit found problems: {findings}"
 
     def __enter__(self) -> "RunningDaemon":
         return self.start()

@@ -200,3 +200,38 @@ def test_with_size_watermarks_a_recently_used_image_outlives_newer_images_nobody
     assert image_exists(engine, used)
     assert not any(image_exists(engine, i) for i in newer)
     assert summary.reclaimed_bytes >= 3 * MB
+
+
+def test_the_daemons_audit_reports_a_kept_image_that_vanished_during_its_prune(clean_engine, tmp_path: Path,
+                                                                               caplog) -> None:
+    """`[daemon] audit` (on in every daemon test): a kept image removed by someone else while the
+    daemon prunes is an error in the log and a failed object in the summary and the metrics."""
+    from types import SimpleNamespace
+
+    from tests.faultproxy import FaultProxy, Rule, hook
+    from tests.integration.support import remove_image_by_hand
+
+    engine = clean_engine
+    doomed = import_image(engine, 10 * KB, "doomed:1")
+    kept = import_image(engine, 10 * KB, "precious:1")
+    with FaultProxy(engine.socket_path) as proxy:
+        # Someone else deletes the kept image just as the daemon's first deletion goes out.
+        proxy.add(Rule("DELETE", r"^/images/", hook(lambda request: remove_image_by_hand(engine, "precious:1"),
+                                                     name="another actor"), times=1))
+        with caplog.at_level(logging.INFO, logger="sparkjoy"):
+            daemon = RunningDaemon(SimpleNamespace(host=proxy.host), tmp_path, exclude="precious:*",
+                                   max_age="-1s").start()
+            daemon.expect_audit_findings = True
+            try:
+                summary = daemon.prune_and_wait()
+                partial = daemon.supervisor.metrics.sample(
+                    "sparkjoy_prune_runs_total", {"trigger": summary.trigger, "result": "partial"})
+            finally:
+                daemon.stop()
+
+    assert not image_exists(engine, doomed) and not image_exists(engine, kept)
+    findings = summary.result.audit
+    assert [(f.kind.value, f.id, f.problem) for f in findings] == [("image", kept, "kept image is gone")]
+    assert summary.failures == 1
+    assert f"audit: image {kept}: kept image is gone" in caplog.text
+    assert not summary.result.ok and partial == 1

@@ -58,10 +58,19 @@ class Env:
                          XDG_CONFIG_HOME=str(self.tmp / "xdg"), SPARKJOY_CONFIG=str(empty))
 
 
+def audited(args: tuple[str, ...] | list[str]) -> list[str]:
+    """A real prune runs with --audit (it fails if a kept object went missing), as every
+    integration test of a real prune does; other commands are left as they are."""
+    args = list(args)
+    if args[:1] == ["prune"] and "--dry-run" not in args and "--audit" not in args:
+        args.insert(1, "--audit")
+    return args
+
+
 def sparkjoy(env: Env, *args: str, host: bool = True, extra_env: dict[str, str] | None = None,
              stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
     """Run the console script; with `host`, `--host` points at the test engine."""
-    command = [str(SPARKJOY), *args] + (["--host", env.engine.host] if host else [])
+    command = [str(SPARKJOY), *audited(args)] + (["--host", env.engine.host] if host else [])
     variables = dict(env.vars, **(extra_env or {}))
     return subprocess.run(command, env=variables, stdin=stdin, capture_output=True, text=True, timeout=300)
 
@@ -74,7 +83,7 @@ def sparkjoy_in_pty(env: Env, *args: str, answer: str) -> subprocess.CompletedPr
     """
     main, terminal = os.openpty()
     try:
-        process = subprocess.Popen([str(SPARKJOY), *args, "--host", env.engine.host], env=env.vars,
+        process = subprocess.Popen([str(SPARKJOY), *audited(args), "--host", env.engine.host], env=env.vars,
                                    stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         os.close(terminal)
         terminal = -1
@@ -413,7 +422,8 @@ def test_ctrl_c_during_a_prune_finishes_the_object_in_progress_and_stops(env: En
     images = {import_image(clean_engine, 10_000, [f"sjt/many:{n}", f"sjt/also:{n}"]): {f"sjt/many:{n}",
                                                                                       f"sjt/also:{n}"}
               for n in range(30)}
-    process = subprocess.Popen([str(SPARKJOY), "prune", "-f", "-v", *EVERYTHING_OLD, "--host", env.engine.host],
+    process = subprocess.Popen([str(SPARKJOY), *audited(["prune", "-f", "-v", *EVERYTHING_OLD]), "--host",
+                                env.engine.host],
                                env=env.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

@@ -148,6 +148,10 @@ KEYS = (
                section="daemon"),
     config.Key("log_format", _log_format, "text", "Log as plain text or JSON lines.", 'log_format = "json"',
                section="daemon"),
+    config.Key("audit", config._boolean, False,
+               "After each prune, check that every object the plan kept is still there with all its tags; "
+               "a finding is logged as an error and the run counts as failed (like `prune --audit`).",
+               "audit = true", section="daemon"),
 )
 
 
@@ -178,6 +182,7 @@ class DaemonSettings:
     quiet_period: timedelta = timedelta(minutes=2)
     listen: str = DEFAULT_LISTEN
     log_format: str = "text"
+    audit: bool = False
 
     @classmethod
     def from_settings(cls, settings: config.Settings) -> "DaemonSettings":
@@ -221,6 +226,7 @@ class DaemonSettings:
             quiet_period=values["quiet_period"],
             listen=values["listen"],
             log_format=values["log_format"],
+            audit=values["audit"],
         )
 
     def state_path(self) -> Path:

@@ -649,7 +649,7 @@ class Supervisor:
             log.debug("metrics: %s", error)
 
         executor = Executor(engine, reporter=_DebugReporter(), should_stop=self._stop.is_set,
-                            wait=lambda seconds: self._stop.wait(seconds) and None)
+                            wait=lambda seconds: self._stop.wait(seconds) and None, audit=self.daemon.audit)
         try:
             result = executor.execute(the_plan)
         except EngineUnreachable:
@@ -677,7 +677,8 @@ class Supervisor:
             trigger=trigger.value, reason=decision.reason, at=now, duration_seconds=duration, removed=removed,
             reclaimed_bytes=result.reclaimed_bytes,
             predicted_bytes=sum(r.planned.bytes for r in result.results if r.outcome is Outcome.DELETED),
-            failures=len([r for r in result.results if r.outcome in (Outcome.FAILED, Outcome.PARTIAL)]),
+            failures=len([r for r in result.results if r.outcome in (Outcome.FAILED, Outcome.PARTIAL)])
+            + len(result.audit or ()),
             stopped_early=result.stopped_early, note=note, result=result,
         )
         self.prunes.append(summary)
@@ -685,6 +686,8 @@ class Supervisor:
         for failure in result.failures:
             log.warning("%s %s %s: %s", failure.outcome.value, failure.planned.kind.value, failure.planned.id,
                         failure.detail)
+        for finding in result.audit or ():
+            log.error("audit: %s %s: %s", finding.kind.value, finding.id, finding.problem)
         try:
             self.metrics.record_run(result, trigger=trigger.value, duration_seconds=duration, finished_at=time.time())
         except Exception as error:
