@@ -18,7 +18,7 @@ from sparkjoy.executor import Outcome
 
 from tests import fixtures
 from tests.daemon.support import RunningDaemon
-from tests.faultproxy import Rule, cut_json, delay, drop, hook, malformed_json, respond
+from tests.faultproxy import Rule, api_version, cut_json, delay, drop, hook, malformed_json, respond, slow_body
 from tests.reliability.support import World, inventory, lost, make_world
 from tests.reliability.test_restart import Restarter
 
@@ -39,6 +39,14 @@ FAULTS = [
     Fault("500 on every image deletion", lambda w: [Rule("DELETE", r"^/images/", respond(500))]),
     Fault("answers slower than the timeout", lambda w: [Rule("DELETE", r"^/(images|containers)/", delay(5))]),
     Fault("connections dropped on deletions", lambda w: [Rule("DELETE", r"^/", drop())]),
+    Fault("409 on every image deletion", lambda w: [Rule("DELETE", r"^/images/", respond(
+        409, {"message": "conflict: unable to delete (must be forced) - image is being used by stopped container"}))]),
+    Fault("404 on the first image inspects", lambda w: [Rule("GET", r"^/images/[^/]+/json$", respond(
+        404, {"message": "No such image"}), times=3)]),
+    Fault("disk usage sent a few bytes at a time", lambda w: [Rule("GET", r"^/system/df$", slow_body(64, 0.01),
+                                                                   times=2)]),
+    Fault("another API version on ping and version", lambda w: [Rule("GET", r"^/(_ping|version)$",
+                                                                     api_version("1.24"))], before_start=True),
     Fault("the event stream cut mid-stream", lambda w: [Rule("GET", r"^/events$", drop(after_bytes=1), nth=1)],
           before_start=True),
 ]

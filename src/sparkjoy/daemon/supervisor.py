@@ -60,6 +60,9 @@ PING_EVERY_SECONDS = 15.0
 BUILD_CHECK_EVERY_SECONDS = 10.0
 # After a failed snapshot or plan, how long before trying again.
 RETRY_AFTER_FAILURE_SECONDS = 60.0
+# Prunes that could not start, in a row, before the daemon reconnects: the connection itself
+# (an API version negotiated with an engine that answered wrongly, say) may be what fails.
+RECONNECT_AFTER_FAILED_STARTS = 3
 
 
 class DaemonAlreadyRunning(SparkjoyError):
@@ -203,6 +206,7 @@ class Supervisor:
         self.data_root: str | None = None
         self.interpreter: EventInterpreter | None = None
         self._engine: DockerEngine | None = None  # the connection being served
+        self._failed_starts = 0  # prunes in a row whose snapshot failed
         self._stream: EventStream | None = None
         self._next_attempt = 0.0
         self._next_build_check = 0.0
@@ -535,6 +539,7 @@ class Supervisor:
             self._failed(trigger, error)
             return
         self.contact.reached()
+        self._failed_starts = 0
         if self.state is not None:
             self.state.save_histories(engine.histories_of(snapshot))  # for the next start
         self.engine_in_use_records = sum(1 for r in snapshot.build_cache if r.in_use)
@@ -554,6 +559,11 @@ class Supervisor:
         log.error("prune (trigger=%s) could not start: %s; trying again in %ds", trigger.value, error,
                   int(RETRY_AFTER_FAILURE_SECONDS))
         self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+        self._failed_starts += 1
+        if self._failed_starts >= RECONNECT_AFTER_FAILED_STARTS:
+            self._failed_starts = 0
+            raise _EngineLost(f"{RECONNECT_AFTER_FAILED_STARTS} prunes in a row could not start ({error}); "
+                              "connecting afresh, the API version negotiated again")
 
     # -- disk pressure -------------------------------------------------------------------
 
