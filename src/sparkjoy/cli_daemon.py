@@ -69,7 +69,7 @@ def run_command(**params: Any) -> None:
     cache until usage is under --low-watermark.
 
     It remembers when each image was last used (from the engine's events) in a state database,
-    so age counts from the last tag or last use, across restarts. SIGTERM finishes the deletion
+    so age counts from the last tag or last use, across restarts. SIGTERM finishes the deletions
     in progress, saves and exits 0.
     """
     from .daemon.supervisor import Supervisor, configure_logging

@@ -158,6 +158,33 @@ def test_sigterm_stops_the_daemon_with_exit_0_and_a_second_daemon_for_the_same_e
     assert b"daemon stopped; state saved" in log_path.read_bytes()
 
 
+def test_sigusr1_makes_the_running_daemon_prune_at_once(clean_engine, tmp_path: Path) -> None:
+    engine = clean_engine
+    doomed = import_image(engine, 10 * KB, "usr1:1", labels={"sigusr1": "yes"})
+    bystander = import_image(engine, 10 * KB, "bystander:1")
+    log_path = tmp_path / "daemon.log"
+    command = [str(Path(sys.executable).with_name("sparkjoy")), "run", "--host", engine.host,
+               "--state-db", str(tmp_path / "state.db"), "--listen", "127.0.0.1:0", "--quiet-period", "1h",
+               "--max-age=-1s", "--keep-recent", "0", "--label", "sigusr1=yes", "--audit"]
+    env = {**engine.env(), "HOME": str(tmp_path)}
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: b"daemon started" in log_path.read_bytes(), timeout=30, what="the daemon to start")
+        assert image_exists(engine, doomed), "no prune before it is asked for (a quiet period of 1h)"
+        daemon.send_signal(signal.SIGUSR1)
+        wait_until(lambda: b"prune trigger=request: removed 1 image" in log_path.read_bytes(), timeout=60,
+                   what="the prune SIGUSR1 asked for")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert not image_exists(engine, doomed) and image_exists(engine, bystander)
+    assert b"audit:" not in log_path.read_bytes()
+
+
 def test_a_stop_during_a_prune_finishes_the_deletion_in_progress_and_leaves_the_rest(clean_engine, tmp_path: Path) -> None:
     engine = clean_engine
     images = [import_image(engine, 100, f"many-{n}:1", created=LONG_AGO, tag_on_load=True) for n in range(80)]

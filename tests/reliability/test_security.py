@@ -170,3 +170,141 @@ def test_the_source_never_reads_container_environments_or_registry_credentials()
             if needle in text:
                 found.append(f"{path.name}: {needle}")
     assert not found, found
+
+
+def test_no_secret_reaches_the_daemons_log_or_metrics(clean_engine, tmp_path, count):
+    """The daemon's debug log (every decision and object, JSON lines) and its /metrics hold no
+    container environment and no registry credential, through a whole prune."""
+    import re
+    import signal
+    import subprocess
+    import urllib.request
+
+    from tests.reliability.support import SPARKJOY, cli_environment
+
+    engine = clean_engine
+    image = fixtures.busybox_image(engine, "secret/app:1")
+    old = fixtures.import_image(engine, 10_000, "secret/old:1")
+    with closing(engine.client()) as client:
+        container = client.containers.create(image, command=[fixtures.BUSYBOX, "true"],
+                                             environment={"API_TOKEN": SECRET}, network_mode="none")
+        container.start()
+        container.wait(timeout=30)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    auth = base64.b64encode(f"robot:{SECRET}".encode()).decode()
+    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {"registry.example.com": {"auth": auth}}}))
+    environment = cli_environment(engine.host, {"HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
+                                                "XDG_STATE_HOME": str(tmp_path / "state")})
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen([str(SPARKJOY), "run", "-v", "--log-format", "json", "--listen", "127.0.0.1:0",
+                                   "--quiet-period", "1h", "--audit", *GREEDY_FLAGS, "--exclude", "secret/app:*"],
+                                  env=environment, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        fixtures.wait_until(lambda: b"listening on http://" in log_path.read_bytes(), timeout=30,
+                            what="the daemon to listen")
+        port = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", log_path.read_bytes()).group(1).decode()
+        daemon.send_signal(signal.SIGUSR1)
+        fixtures.wait_until(lambda: b"prune trigger=request" in log_path.read_bytes(), timeout=60,
+                            what="the prune")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            metrics = answer.read()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    count(runs=1)
+    logged = log_path.read_bytes()
+    assert old.encode() in logged, "the debug log names every deleted object (so it was a real prune)"
+    assert b"sparkjoy_prune_runs_total" in metrics
+    for text in (logged, metrics):
+        assert SECRET.encode() not in text and auth.encode() not in text
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with openssl."""
+    import subprocess
+
+    key, cert = directory / f"{name}-key.pem", directory / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class _TLSEngine:
+    """A TLS server on 127.0.0.1 that answers every HTTP request like a ping; it counts the
+    requests that got past the handshake."""
+
+    def __init__(self, cert: Path, key: Path):
+        import socket
+        import ssl
+        import threading
+
+        self.requests = 0
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(client, server_side=True) as tls:
+                    while tls.recv(65536):
+                        self.requests += 1
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: text/plain\r\n"
+                                    b"Content-Length: 2\r\n\r\nOK")
+            except (ssl.SSLError, OSError):
+                client.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_tls_to_a_tcp_engine_really_verifies_its_certificate_against_the_engines_ca_alone(tmp_path):
+    """With DOCKER_TLS_VERIFY=1 an engine whose certificate the given CA did not sign is never
+    talked to: the handshake fails, no request reaches it, and the user is told why. The same
+    engine with its own certificate as the CA is reached (the control). A CA bundle named by
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE changes neither (it used to replace the engine's CA)."""
+    server_cert, server_key = _self_signed(tmp_path, "engine")
+    rogue_ca, _ = _self_signed(tmp_path, "rogue")
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    engine = _TLSEngine(server_cert, server_key)
+    try:
+        runs = {}
+        for name, ca in (("untrusted", rogue_ca), ("trusted", server_cert)):
+            certs = tmp_path / name
+            certs.mkdir()
+            for source, target in ((ca, "ca.pem"), (client_cert, "cert.pem"), (client_key, "key.pem")):
+                (certs / target).write_bytes(source.read_bytes())
+            before = engine.requests
+            # The environment's CA bundle trusts the other certificate each time: only the
+            # engine's CA (DOCKER_CERT_PATH/ca.pem) may decide, as with the docker CLI.
+            other = server_cert if name == "untrusted" else rogue_ca
+            runs[name] = (cli(f"tcp://127.0.0.1:{engine.port}", "df", "--timeout", "5s",
+                              env={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs),
+                                   "REQUESTS_CA_BUNDLE": str(other), "CURL_CA_BUNDLE": str(other)}),
+                          engine.requests - before)
+    finally:
+        engine.close()
+
+    untrusted, reached = runs["untrusted"]
+    assert reached == 0, "a request went to an engine whose certificate was not verified"
+    assert untrusted.returncode == 3, untrusted.stderr
+    assert "certificate verify failed" in untrusted.stderr.lower() or "certificate" in untrusted.stderr.lower()
+    assert "Traceback" not in untrusted.stderr
+    trusted, reached = runs["trusted"]
+    assert reached >= 1, trusted.stderr  # the handshake passed and sparkjoy spoke to it
+    assert "certificate" not in trusted.stderr.lower()

@@ -105,7 +105,7 @@ class DockerEngine:
         # Snapshot inspects by image or container id, while the owner says nothing changed.
         self._remembered: dict[str, Any] | None = {} if remember_inspects else None
         try:
-            self.api = docker.APIClient(
+            self.api = _APIClient(
                 base_url=connection.base_url,
                 version=api_version,
                 timeout=timeout,
@@ -446,6 +446,23 @@ def _answered_badly(cause: BaseException | None) -> bool:
     if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return False
     return isinstance(cause, (KeyError, TypeError, ValueError, requests.exceptions.ChunkedEncodingError))
+
+
+class _APIClient(docker.APIClient):
+    """The SDK's client, verifying a TLS engine against its own CA only.
+
+    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` in the environment replace a
+    session's CA file on every request, so with either set (many machines set both, to the
+    system bundle) the engine's certificate was checked against that bundle instead of
+    ``DOCKER_CERT_PATH/ca.pem``: an engine with a private CA could not be reached, and any
+    certificate the bundle trusts for that address was accepted. The docker CLI trusts the
+    given CA alone; so does this.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D401 (requests' API)
+        if verify is None and isinstance(self.verify, str):
+            verify = self.verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
 def _reuse_unix_connections(api: docker.APIClient) -> None:
