@@ -80,6 +80,7 @@ class Demo:
         self.env["DOCKER_BUILDKIT"] = "1"
         self.env["DOCKER_CONFIG"] = str(self.work / "docker-config")  # no user config, no contexts
         self.builds = 0
+        self.failures: list[str] = []
 
     # -- making the mess ----------------------------------------------------------------
 
@@ -142,7 +143,13 @@ class Demo:
         env = {k: v for k, v in env.items() if not k.startswith("SPARKJOY_")}
         # The demo's policy is sparkjoy's defaults, whatever the user's own config file says.
         env["SPARKJOY_CONFIG"] = str(self.empty_config)
-        return subprocess.run(command, env=env).returncode
+        # Its memory (first sightings, the history cache) goes with the demo engine, never
+        # into this machine's own state database.
+        env["XDG_STATE_HOME"] = str(self.work / "state")
+        code = subprocess.run(command, env=env).returncode
+        if code != 0:
+            self.failures.append(f"sparkjoy {args[0]} exited with {code}")
+        return code
 
     def show(self) -> None:
         self.as_of = (datetime.now(timezone.utc) + LATER).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -166,6 +173,8 @@ class Demo:
 
         step("4. sparkjoy df again")
         self.sparkjoy("df")
+        if self.failures:
+            raise DemoFailed("scripts/demo: " + "; ".join(self.failures))
 
 
 def main() -> int:

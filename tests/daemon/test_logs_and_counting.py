@@ -9,6 +9,8 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from sparkjoy.daemon.supervisor import PruneSummary, configure_logging
 from sparkjoy.state import State
 from tests.daemon.support import RunningDaemon, image_exists
@@ -87,3 +89,21 @@ def test_a_prune_shows_in_the_metrics_and_readyz_says_the_engine_was_reached(eng
 
     assert 'sparkjoy_prune_runs_total{result="ok",trigger="request"} 1.0' in metrics
     assert ready[0] == 200 and ready[1].startswith("ready: engine reached")
+
+
+@pytest.mark.parametrize("buildkit", [True, False], ids=["BuildKit", "classic"])
+def test_a_real_docker_build_counts_as_a_build(clean_engine, tmp_path: Path, buildkit: bool) -> None:
+    """The build count comes from the engine's own events, so `docker build -t` with either
+    builder counts, whatever tool ran it (here the docker CLI, never told about the daemon)."""
+    from tests.fixtures import BUSYBOX_BASE, build
+
+    engine = clean_engine
+    with RunningDaemon(engine, tmp_path, num_builds=5) as daemon:
+        before = daemon.supervisor.state.prune_mark().builds_seen
+        build(engine, BUSYBOX_BASE + f"RUN echo {'kit' if buildkit else 'classic'} > /which\n", "counted:1",
+              buildkit=buildkit)
+        daemon.wait_for(lambda: daemon.supervisor.state.prune_mark().builds_seen == before + 1,
+                        "the build to be counted")
+        build(engine, BUSYBOX_BASE + "RUN echo again > /again\n", "counted:2", buildkit=buildkit)
+        daemon.wait_for(lambda: daemon.supervisor.state.prune_mark().builds_seen == before + 2,
+                        "the second build to be counted")
