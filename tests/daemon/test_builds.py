@@ -138,3 +138,29 @@ def test_sparkjoy_notify_without_a_daemon_exits_3(tmp_path) -> None:
 
     assert result.returncode == 3
     assert "no sparkjoy daemon answered" in result.stderr
+
+
+def test_a_build_announced_and_never_finished_holds_a_prune_back_only_until_the_wait_limit(
+        clean_engine, tmp_path: Path, caplog) -> None:
+    """A dev tool that said "build starting" and then died never blocks pruning for good: the
+    daemon waits (and says why), then after build_wait_limit stops waiting for that build,
+    says so, and prunes."""
+    import logging
+
+    from tests.daemon.support import image_exists
+    from tests.fixtures import import_image
+
+    engine = clean_engine
+    old = import_image(engine, 10_000, "abandoned/old:1")
+    with caplog.at_level(logging.INFO, logger="sparkjoy"):
+        with RunningDaemon(engine, tmp_path, max_age="-1s", build_wait_limit="3s") as daemon:
+            Client("%s:%d" % daemon.supervisor.http.address).build_started("stuck-build")
+            daemon.supervisor.request_prune()
+            daemon.wait_for(lambda: "stuck-build" in caplog.text and "announced as starting" in caplog.text,
+                            "the announcement")
+            daemon.wait_for(lambda: daemon.supervisor.waiting_since is not None, "the prune to wait")
+            assert not daemon.supervisor.prunes and image_exists(engine, old), "no prune while a build runs"
+            (summary,) = daemon.wait_for(lambda: daemon.supervisor.prunes, "the prune after the wait limit",
+                                         timeout=30)
+    assert summary.removed["image"] >= 1 and not image_exists(engine, old)
+    assert "build stuck-build was announced 3s ago and never finished; no longer waiting for it" in caplog.text
