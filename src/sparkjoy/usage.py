@@ -17,7 +17,9 @@ Matching cache records to layers: the engine's API does not say which layer a re
 holds. A shared record's ``Size`` equals the size of the layer it holds (observed on
 Engine 20.10, where both come from the same diff), so a shared record is matched to a
 layer of equal size, preferring the layer whose parent is held by the record's parent; when
-several layers still fit, the record is left unmatched rather than guessed.
+several layers still fit (a version-bump rebuild makes layers of one size), the record is not
+guessed: it counts as a possible holder of each of them, so deleting those images alone is
+predicted to free nothing now (the bytes are "held by cache"), never bytes a record keeps.
 A shared record that matches no layer is treated as sharing its bytes with something
 that stays: it is predicted to free nothing.
 """
@@ -112,11 +114,17 @@ class LayerLedger:
                     self._hold(unique, (key,))
         self._layer_images = layer_images
 
-        # build-cache record id -> chain id of the layer it holds
-        self.record_layer: dict[str, str] = _match_records(snapshot.build_cache, layer_size, layer_parent)
+        # build-cache record id -> chain id of the layer it holds; and for a record that
+        # matches several layers of its size with nothing to tell them apart, every one of them
+        # (it may hold any): each such layer counts the record among its holders, so deleting
+        # an image never promises bytes a record may still hold (they are "held by cache").
+        self.record_layer, self.record_candidates = _match_records(snapshot.build_cache, layer_size, layer_parent)
         layer_records: dict[str, list[ObjectKey]] = defaultdict(list)
         for record_id, chain_id in self.record_layer.items():
             layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
+        for record_id, chain_ids in self.record_candidates.items():
+            for chain_id in chain_ids:
+                layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
 
         for chain_id, size in layer_size.items():
             if size <= 0:
@@ -143,11 +151,18 @@ class LayerLedger:
         self._sizes.append(size)
         self._holders.append(holders)
 
+    def record_chains(self, record_id: str) -> tuple[str, ...]:
+        """Given a build-cache record, return the chain ids of the layers it holds or may hold."""
+        if record_id in self.record_layer:
+            return (self.record_layer[record_id],)
+        return self.record_candidates.get(record_id, ())
+
     def records_holding_images(self) -> dict[str, set[str]]:
-        """Given the ledger, return build-cache record id -> ids of images containing its layer."""
+        """Given the ledger, return build-cache record id -> ids of images containing its layer
+        (any of its candidate layers, for a record that cannot be told apart)."""
         return {
-            rid: {image_id for _, image_id in self._layer_images.get(chain, ())}
-            for rid, chain in self.record_layer.items()
+            rid: {image_id for chain in self.record_chains(rid) for _, image_id in self._layer_images.get(chain, ())}
+            for rid in (*self.record_layer, *self.record_candidates)
         }
 
     def freed(self, deletions: Sequence[ObjectKey]) -> Freed:
@@ -186,8 +201,9 @@ class LayerLedger:
 
 def _match_records(
     records: Iterable[BuildCacheRecord], layer_size: dict[str, int], layer_parent: dict[str, str]
-) -> dict[str, str]:
-    """Given build-cache records and image layers, return record id -> chain id of the layer it holds."""
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Given build-cache records and image layers, return record id -> chain id of the layer it
+    holds, and for records several layers fit equally, record id -> those layers' chain ids."""
     by_size: dict[int, list[str]] = defaultdict(list)
     for chain_id, size in layer_size.items():
         if size > 0:
@@ -197,6 +213,7 @@ def _match_records(
 
     shared = {r.id: r for r in records if r.shared and r.size > 0}
     matched: dict[str, str] = {}
+    ambiguous: dict[str, tuple[str, ...]] = {}
 
     def match(record: BuildCacheRecord, visiting: set[str]) -> str | None:
         if record.id in matched:
@@ -211,11 +228,12 @@ def _match_records(
                 candidates = preferred
         if len(candidates) > 1:
             # Several layers of this size and nothing to tell them apart: guessing could tie the
-            # record to another project's image. Unmatched, it frees nothing and is in no scope.
+            # record to another project's image. It may hold any of them (see LayerLedger).
+            ambiguous[record.id] = tuple(candidates)
             return None
         matched[record.id] = candidates[0]
         return candidates[0]
 
     for record in sorted(shared.values(), key=lambda r: r.id):
         match(record, set())
-    return matched
+    return matched, ambiguous

@@ -135,3 +135,31 @@ def test_each_objects_predicted_bytes_are_what_deleting_it_in_plan_order_frees(c
     assert mismatches == []
     # Everything but the running child's image and the records it needs is gone.
     assert {r["ID"] for r in build_cache(engine)} <= {o.id for o in the_plan.kept}
+
+
+def test_layers_of_one_size_that_build_cache_may_hold_are_never_promised_as_freed(clean_engine) -> None:
+    """A version-bump rebuild makes layers of the same size in every image, and BuildKit keeps a
+    cache record of each: which record holds which layer cannot be told from their sizes.
+    Deleting the images alone frees nothing of those layers (the records keep them): sparkjoy
+    predicts them as held by cache, not freed; pruning the records too frees them, as predicted.
+    (It predicted all of them freed, then measured 0 B.)"""
+    engine = clean_engine
+    images = [build(engine, BUSYBOX_BASE + f"RUN head -c 3000000 /dev/urandom > /blob && echo v{n} > /version\n",
+                    f"bump/app:1.0.{n}") for n in range(1, 4)]
+
+    adapter = sj(engine)
+    images_only = make_plan(engine, policy(max_age=EVERYTHING_OLD, keep_recent=0, build_cache=False,
+                                           containers=False, repos=("bump/*",)), adapter=adapter)
+    planned = {o.id: o for o in images_only.deletions if o.kind is Kind.IMAGE}
+    assert set(images) <= set(planned)
+    result = execute(engine, images_only, adapter=adapter)
+    measured = result.reclaimed_bytes
+    assert abs(images_only.predicted_bytes - measured) <= WITHIN * max(measured, MB), (images_only.predicted_bytes,
+                                                                                      measured)
+    assert images_only.held_by_cache_bytes >= 3 * 3_000_000 * (1 - WITHIN), "the blobs wait in build cache"
+
+    cache_too = make_plan(engine, policy(max_age=EVERYTHING_OLD, keep_recent=0, containers=False), adapter=adapter)
+    result = execute(engine, cache_too, adapter=adapter)
+    assert result.reclaimed_bytes >= 3 * 3_000_000
+    assert abs(cache_too.predicted_bytes - result.reclaimed_bytes) <= WITHIN * result.reclaimed_bytes, (
+        cache_too.predicted_bytes, result.reclaimed_bytes)

@@ -199,3 +199,24 @@ def test_a_layer_also_held_by_an_image_without_layer_detail_is_not_predicted_fre
         layers_size=50 + 5 + 7,
     )
     assert LayerLedger(shot).freed([img("detailed")]).total == 5
+
+
+def test_records_that_fit_several_layers_of_one_size_may_hold_any_so_none_is_promised_freed() -> None:
+    # Three rebuilt images, each with a 30-byte layer of its own, and three cache records of
+    # 30 bytes: which record holds which layer cannot be told.
+    shot = snapshot(
+        [image(f"v{n}", f"bump:{n}", tagged=ago(days=2), layer_list=layers(("base", 10), (f"blob{n}", 30)))
+         for n in range(3)],
+        build_cache=[record(f"r{n}", shared=True, size=30) for n in range(3)],
+    )
+    ledger = LayerLedger(shot)
+    assert ledger.record_layer == {}
+    assert {r: set(c) for r, c in ledger.record_candidates.items()} == {
+        f"r{n}": {"base/blob0", "base/blob1", "base/blob2"} for n in range(3)}
+    images_only = ledger.freed([img("v0"), img("v1"), img("v2")])
+    assert images_only.total == 10  # the shared base only
+    assert images_only.total_held_by_cache == 90
+    everything = ledger.freed([img("v0"), img("v1"), img("v2"), cache("r0"), cache("r1"), cache("r2")])
+    assert everything.total == 100
+    # Under a scope, each record belongs to every image it may hold.
+    assert ledger.records_holding_images() == {f"r{n}": {"v0", "v1", "v2"} for n in range(3)}
