@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult
 from .model import Snapshot
 from .planner import EMPTY_MEMORY, Memory, Plan, plan as make_plan
+from .policy import LabelSelector
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -348,8 +350,10 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if hasattr(value, "total_seconds"):
         return f"{int(value.total_seconds())}s"
-    if hasattr(value, "value"):
+    if isinstance(value, Enum):
         return value.value
+    if isinstance(value, LabelSelector):
+        return str(value)  # KEY or KEY=VALUE, as written: a selector's .value is only what follows "="
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
     return str(value)
