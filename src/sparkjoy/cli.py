@@ -328,8 +328,13 @@ def prune(**params: Any) -> None:
 def config_command(**params: Any) -> None:
     """Check the configuration and print the effective settings (or every key with --keys).
 
+    The check is the one `sparkjoy run` makes, settings that contradict each other included
+    (such as daemon.interval with daemon.num_builds); the engine is not contacted.
+
     Exit codes: 0 the settings are valid, 2 a setting is wrong (each problem is named).
     """
+    from .daemon.settings import DaemonSettings
+
     if params["keys"]:
         for key in config.all_keys():
             where = f"[{key.section}] " if key.section else ""
@@ -337,6 +342,7 @@ def config_command(**params: Any) -> None:
         return
     try:
         settings = _load(params)
+        DaemonSettings.from_settings(settings)  # what `run` rejects is not valid here either
     except SparkjoyError as error:
         _fail(error)
         return

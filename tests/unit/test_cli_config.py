@@ -57,3 +57,39 @@ def test_config_shows_label_selectors_as_written(sparkjoy: Invoke, args, env, sh
     done = sparkjoy("config", *args, env=env)
     assert done.exit_code == 0, done.output
     assert line_of(done.stdout, "labels") == shown
+
+
+# -- config checks what `run` checks -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[daemon]\ninterval = "1h"\nnum_builds = 5\n', ["daemon.interval", "daemon.num_builds"]),
+        ('[daemon]\nhigh_watermark = "80%"\nlow_watermark = "90%"\n', ["daemon.low_watermark", "daemon.high_watermark"]),
+        ('[daemon]\nhigh_watermark = "80%"\nlow_watermark = "10GB"\n', ["daemon.low_watermark", "daemon.high_watermark"]),
+        ('[daemon]\nlow_watermark = "10GB"\n', ["daemon.low_watermark", "daemon.high_watermark"]),
+    ],
+)
+def test_config_rejects_daemon_settings_that_contradict_each_other_as_run_does(
+        sparkjoy: Invoke, tmp_path: Path, text: str, named: list[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    for command in (["config"], ["run"]):
+        done = sparkjoy(*command, "--config", str(path))
+        assert done.exit_code == 2, (command, done.output)
+        assert done.stdout == "", command
+        for key in named:
+            assert key in done.stderr, (command, done.stderr)
+
+
+def test_config_rejects_contradicting_daemon_settings_from_the_environment(sparkjoy: Invoke) -> None:
+    done = sparkjoy("config", env={"SPARKJOY_DAEMON_INTERVAL": "2h", "SPARKJOY_DAEMON_NUM_BUILDS": "3"})
+    assert done.exit_code == 2 and "daemon.interval" in done.stderr and "daemon.num_builds" in done.stderr
+
+
+def test_config_accepts_consistent_daemon_settings(sparkjoy: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nnum_builds = 5\nhigh_watermark = "90%"\nlow_watermark = "80%"\n')
+    done = sparkjoy("config", "--config", str(path))
+    assert done.exit_code == 0, done.output
