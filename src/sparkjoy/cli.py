@@ -7,12 +7,10 @@ terminal to confirm on without -f).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +22,6 @@ from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult
 from .model import Snapshot
 from .planner import EMPTY_MEMORY, Memory, Plan, plan as make_plan
-from .policy import LabelSelector
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -328,6 +325,9 @@ def prune(**params: Any) -> None:
 def config_command(**params: Any) -> None:
     """Check the configuration and print the effective settings (or every key with --keys).
 
+    The settings are printed as a config file sparkjoy reads back (`sparkjoy config > f.toml`);
+    a key that is not set is a comment saying what applies instead.
+
     The check is the one `sparkjoy run` makes, settings that contradict each other included
     (such as daemon.interval with daemon.num_builds); the engine is not contacted.
 
@@ -346,23 +346,10 @@ def config_command(**params: Any) -> None:
     except SparkjoyError as error:
         _fail(error)
         return
-    click.echo(f"# config file: {settings.config_file or '(none)'}")
-    for dotted, value in settings.values.items():
-        click.echo(f"{dotted} = {json.dumps(_plain(value))}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "total_seconds"):
-        return f"{int(value.total_seconds())}s"
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, LabelSelector):
-        return str(value)  # KEY or KEY=VALUE, as written: a selector's .value is only what follows "="
-    if value is None or isinstance(value, (int, float, str, bool)):
-        return value
-    return str(value)
+    # The output is a config file sparkjoy reads back: `sparkjoy config > f.toml` keeps these settings.
+    click.echo(f"# config file: {report.printable(str(settings.config_file or '(none)'))}")
+    for line in config.toml_lines(settings.values):
+        click.echo(line)
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper

@@ -7,6 +7,7 @@ own and a home directory in tmp_path, so nothing on the machine takes part.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Callable
 
@@ -93,3 +94,38 @@ def test_config_accepts_consistent_daemon_settings(sparkjoy: Invoke, tmp_path: P
     path.write_text('[daemon]\nnum_builds = 5\nhigh_watermark = "90%"\nlow_watermark = "80%"\n')
     done = sparkjoy("config", "--config", str(path))
     assert done.exit_code == 0, done.output
+
+
+# -- the output is a config file sparkjoy reads back ---------------------------------------------------
+
+
+def test_config_output_is_toml_that_config_reads_back_to_the_same_settings(sparkjoy: Invoke, tmp_path: Path) -> None:
+    source = tmp_path / "source.toml"
+    source.write_text('[engine]\ntimeout = "90s"\n[daemon]\nhigh_watermark = "85%"\nnum_builds = 4\n')
+    first = sparkjoy("config", "--config", str(source), "--label", "project=shop", "--label", "tier",
+                     "--max-age", "1d12h", "--volumes", "--host", "unix:///run/docker.sock",
+                     env={"SPARKJOY_REPOS": "shop/*,api", "SPARKJOY_DAEMON_QUIET_PERIOD": "45s"})
+    assert first.exit_code == 0, first.output
+    document = tomllib.loads(first.stdout)
+    assert document["max_age"] == "1d12h" and document["labels"] == ["project=shop", "tier"]
+    assert document["engine"] == {"host": "unix:///run/docker.sock", "timeout": "1m30s"}
+    assert document["daemon"]["high_watermark"] == "85%" and document["daemon"]["quiet_period"] == "45s"
+    assert "interval" not in document["daemon"]  # not set: a comment, not a value
+    assert "# daemon.interval: not set" in first.stdout
+
+    written = tmp_path / "written.toml"
+    written.write_text(first.stdout)
+    second = sparkjoy("config", "--config", str(written))
+    assert second.exit_code == 0, second.output
+    assert second.stdout.splitlines()[0] == f"# config file: {written}"
+    assert second.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
+
+
+def test_config_output_of_the_defaults_reads_back(sparkjoy: Invoke, tmp_path: Path) -> None:
+    first = sparkjoy("config")
+    assert "null" not in first.stdout and 'engine.timeout = "10m"' in first.stdout, first.stdout
+    written = tmp_path / "written.toml"
+    written.write_text(first.stdout)
+    second = sparkjoy("config", "--config", str(written))
+    assert second.exit_code == 0, second.output
+    assert second.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
