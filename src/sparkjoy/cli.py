@@ -72,13 +72,16 @@ def policy_options(fn: Callable) -> Callable:
     return fn
 
 
-def _flags(params: dict[str, Any]) -> dict[str, Any]:
+# click's parameter name -> the setting's dotted key
+FLAG_KEYS = {
+    "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
+    "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
+    "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
+}
+
+
+def _flags(params: dict[str, Any], mapping: dict[str, str] = FLAG_KEYS) -> dict[str, Any]:
     """Given click's parameters, return the settings the user actually gave, by dotted key."""
-    mapping = {
-        "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
-        "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
-        "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
-    }
     flags = {}
     for name, dotted in mapping.items():
         value = params.get(name)
@@ -88,6 +91,20 @@ def _flags(params: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
+def _flag_names(mapping: dict[str, str] = FLAG_KEYS) -> dict[str, str]:
+    """The current command's options by dotted key, as the user types them: ``labels`` is
+    ``--label``, ``engine.host`` is ``--host``."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return {}
+    names = {}
+    for param in context.command.params:
+        if isinstance(param, click.Option) and param.name in mapping:
+            long = [opt for opt in param.opts if opt.startswith("--")]
+            names[mapping[param.name]] = (long or param.opts)[0]
+    return names
+
+
 def _fail(error: SparkjoyError) -> None:
     # The message may quote the engine, which may quote anything: print it escaped.
     click.echo(f"sparkjoy: error: {report.printable(str(error), newlines=True)}", err=True)
@@ -95,7 +112,7 @@ def _fail(error: SparkjoyError) -> None:
 
 
 def _load(params: dict[str, Any]) -> config.Settings:
-    return config.load(_flags(params), params.get("config_path"))
+    return config.load(_flags(params), params.get("config_path"), flag_names=_flag_names())
 
 
 def _state_path(settings: config.Settings) -> Path:

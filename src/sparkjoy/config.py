@@ -192,9 +192,13 @@ def load(
     flags: Mapping[str, Any] | None = None,
     config_path: str | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Given flags (dotted key -> raw value, only those the user gave), a --config path and the
-    environment, return checked Settings or raise ConfigError listing every problem."""
+    environment, return checked Settings or raise ConfigError listing every problem.
+
+    ``flag_names`` (dotted key -> the option as the user types it, such as ``--label`` for
+    ``labels``) names a flag in problems; without it a flag is named after its key."""
     environ = os.environ if environ is None else environ
     flags = flags or {}
     keys = {(_dotted(k)): k for k in all_keys()}
@@ -217,7 +221,8 @@ def load(
             continue
         if dotted not in keys:
             raise ValueError(f"unknown setting {dotted!r}")  # a programming error, not user input
-        raw[dotted] = (value, f"flag --{keys[dotted].name.replace('_', '-')}")
+        name = (flag_names or {}).get(dotted) or "--" + keys[dotted].name.replace("_", "-")
+        raw[dotted] = (value, f"flag {name}")
 
     values: dict[str, Any] = {}
     for dotted, key in keys.items():

@@ -129,3 +129,27 @@ def test_config_output_of_the_defaults_reads_back(sparkjoy: Invoke, tmp_path: Pa
     second = sparkjoy("config", "--config", str(written))
     assert second.exit_code == 0, second.output
     assert second.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
+
+
+# -- a flag error names the flag as the user types it ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "flag", "not_named"),
+    [
+        (["config"], ["--label", "=x"], "flag --label:", "--labels"),
+        (["config"], ["--repo", ""], "flag --repo:", "--repos"),
+        (["config"], ["--exclude", " "], "flag --exclude:", None),
+        (["prune", "--dry-run"], ["--label", "=x"], "flag --label:", "--labels"),
+        (["df"], ["--repo", ""], "flag --repo:", "--repos"),
+        (["run"], ["--label", "=x"], "flag --label:", "--labels"),
+        (["run"], ["--num-builds", "-1"], "flag --num-builds:", None),
+        (["run"], ["--high-watermark", "200%"], "flag --high-watermark:", None),
+    ],
+)
+def test_a_flag_error_names_the_flag_as_typed(sparkjoy: Invoke, command, args, flag: str, not_named) -> None:
+    done = sparkjoy(*command, *args)
+    assert done.exit_code == 2, done.output
+    assert flag in done.stderr, done.stderr
+    if not_named:
+        assert not_named not in done.stderr, done.stderr
