@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkjoy.engine.connect import DEFAULT_HOST, resolve
+from sparkjoy.engine.connect import DEFAULT_HOST, insecure_transport, resolve
 from sparkjoy.errors import ConfigError
 
 
@@ -74,3 +74,11 @@ def test_unknown_context_and_broken_config_json_are_config_errors_naming_them(tm
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         resolve(None, {"DOCKER_CONFIG": str(tmp_path)})
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7:2375", "docker-host.example:2375", ":2375"])
+def test_a_bare_address_is_plain_tcp_and_warned_about(address: str, tmp_path: Path) -> None:
+    """The SDK reads a DOCKER_HOST without a scheme as tcp://: it is warned about like tcp://."""
+    connection = resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_HOST": address})
+    assert connection.base_url == address
+    assert "plain TCP" in (insecure_transport(connection) or "")

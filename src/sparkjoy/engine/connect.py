@@ -48,10 +48,11 @@ def insecure_transport(connection: Connection) -> str | None:
     explicit opt-out; it still warns.
     """
     url = connection.base_url
-    if not url.startswith(("tcp://", "http://", "https://")):
+    scheme = url.partition("://")[0].lower() if "://" in url else "tcp"  # the SDK reads HOST:PORT as tcp://
+    if scheme not in ("tcp", "http", "https"):
         return None  # unix://, ssh://, npipe://: the OS or ssh authenticates both ends
     tls = connection.tls
-    if not tls and not url.startswith("https://"):
+    if not tls and scheme != "https":
         return (
             f"the engine at {url} is reached over plain TCP: nothing is encrypted and nobody is "
             "authenticated, so anyone who can reach that port controls the engine and the host. "
