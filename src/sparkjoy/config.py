@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .engine.connect import ADDRESS_FORMS, address_problem
 from .errors import ConfigError
 from .policy import LabelSelector, Policy, VolumeMode
 from .units import format_duration_exact, parse_duration, parse_size
@@ -84,8 +85,9 @@ def _volumes(value: Any) -> VolumeMode:
 
 
 def _host(value: Any) -> str:
-    if not isinstance(value, str) or "://" not in value:
-        raise ValueError(f"expected an address such as unix:///var/run/docker.sock or tcp://host:2376, got {value!r}")
+    problem = address_problem(value)
+    if problem:
+        raise ValueError(f"not an engine address ({problem}). Use {ADDRESS_FORMS}")
     return value
 
 

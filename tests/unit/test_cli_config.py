@@ -6,10 +6,11 @@ own and a home directory in tmp_path, so nothing on the machine takes part.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner, Result
@@ -20,7 +21,7 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def sparkjoy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+def sparkjoy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoke]:
     for name in list(os.environ):
         if name.startswith(("SPARKJOY_", "DOCKER_")):
             monkeypatch.delenv(name)
@@ -34,7 +35,12 @@ def sparkjoy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
         return CliRunner().invoke(cli.main, list(args), env=env, catch_exceptions=False)
 
-    return invoke
+    # `run` sets up sparkjoy's logging (a handler on the runner's stderr) before it resolves the engine.
+    logger = logging.getLogger("sparkjoy")
+    handlers, level = list(logger.handlers), logger.level
+    yield invoke
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
 
 
 def line_of(output: str, key: str) -> str:
@@ -153,3 +159,35 @@ def test_a_flag_error_names_the_flag_as_typed(sparkjoy: Invoke, command, args, f
     assert flag in done.stderr, done.stderr
     if not_named:
         assert not_named not in done.stderr, done.stderr
+
+
+# -- a malformed engine address is a usage error, an address nobody answers at is unreachable ---------
+
+
+@pytest.mark.parametrize(("command", "args", "env", "source"), [
+    (["df"], ["--host", "bogus://x"], None, "flag --host"),
+    (["prune", "--dry-run"], ["-H", "tcp://nohost"], None, "flag --host"),
+    (["df"], [], {"DOCKER_HOST": "garbage"}, "DOCKER_HOST"),
+    (["prune", "-f"], [], {"DOCKER_HOST": "bogus://x"}, "DOCKER_HOST"),
+    (["run"], [], {"DOCKER_HOST": "garbage"}, "DOCKER_HOST"),
+    (["config"], ["--host", "bogus://x"], None, "flag --host"),
+    (["config"], [], {"SPARKJOY_ENGINE_HOST": "bogus://x"}, "SPARKJOY_ENGINE_HOST"),
+])
+def test_a_malformed_engine_address_is_exit_2_naming_its_source(sparkjoy: Invoke, monkeypatch: pytest.MonkeyPatch,
+                                                                 command, args, env, source: str) -> None:
+    from sparkjoy.daemon import supervisor
+
+    # Should `run` ever accept the address, it must not serve forever: it exits 99 at once.
+    monkeypatch.setattr(supervisor.Supervisor, "run", lambda self: 99)
+    done = sparkjoy(*command, *args, env={"SPARKJOY_DAEMON_LISTEN": "off", **(env or {})})
+    assert done.exit_code == 2, done.output
+    assert source in done.stderr and "not an engine address" in done.stderr, done.stderr
+    assert "start the engine" not in done.stderr and "cannot reach" not in done.stderr, done.stderr
+
+
+def test_a_well_formed_address_nobody_answers_at_is_still_exit_3(sparkjoy: Invoke, tmp_path: Path) -> None:
+    for args, env in ((["--host", f"unix://{tmp_path}/nothing.sock"], None),
+                      ([], {"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"})):
+        done = sparkjoy("df", *args, env=env)
+        assert done.exit_code == 3, done.output
+        assert "cannot reach the Docker engine" in done.stderr and "Fix: start the engine" in done.stderr
