@@ -7,7 +7,6 @@ terminal to confirm on without -f).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -73,13 +72,16 @@ def policy_options(fn: Callable) -> Callable:
     return fn
 
 
-def _flags(params: dict[str, Any]) -> dict[str, Any]:
+# click's parameter name -> the setting's dotted key
+FLAG_KEYS = {
+    "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
+    "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
+    "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
+}
+
+
+def _flags(params: dict[str, Any], mapping: dict[str, str] = FLAG_KEYS) -> dict[str, Any]:
     """Given click's parameters, return the settings the user actually gave, by dotted key."""
-    mapping = {
-        "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
-        "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
-        "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
-    }
     flags = {}
     for name, dotted in mapping.items():
         value = params.get(name)
@@ -89,6 +91,20 @@ def _flags(params: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
+def _flag_names(mapping: dict[str, str] = FLAG_KEYS) -> dict[str, str]:
+    """The current command's options by dotted key, as the user types them: ``labels`` is
+    ``--label``, ``engine.host`` is ``--host``."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return {}
+    names = {}
+    for param in context.command.params:
+        if isinstance(param, click.Option) and param.name in mapping:
+            long = [opt for opt in param.opts if opt.startswith("--")]
+            names[mapping[param.name]] = (long or param.opts)[0]
+    return names
+
+
 def _fail(error: SparkjoyError) -> None:
     # The message may quote the engine, which may quote anything: print it escaped.
     click.echo(f"sparkjoy: error: {report.printable(str(error), newlines=True)}", err=True)
@@ -96,7 +112,7 @@ def _fail(error: SparkjoyError) -> None:
 
 
 def _load(params: dict[str, Any]) -> config.Settings:
-    return config.load(_flags(params), params.get("config_path"))
+    return config.load(_flags(params), params.get("config_path"), flag_names=_flag_names())
 
 
 def _state_path(settings: config.Settings) -> Path:
@@ -326,8 +342,16 @@ def prune(**params: Any) -> None:
 def config_command(**params: Any) -> None:
     """Check the configuration and print the effective settings (or every key with --keys).
 
+    The settings are printed as a config file sparkjoy reads back (`sparkjoy config > f.toml`);
+    a key that is not set is a comment saying what applies instead.
+
+    The check is the one `sparkjoy run` makes, settings that contradict each other included
+    (such as daemon.interval with daemon.num_builds); the engine is not contacted.
+
     Exit codes: 0 the settings are valid, 2 a setting is wrong (each problem is named).
     """
+    from .daemon.settings import DaemonSettings
+
     if params["keys"]:
         for key in config.all_keys():
             where = f"[{key.section}] " if key.section else ""
@@ -335,24 +359,14 @@ def config_command(**params: Any) -> None:
         return
     try:
         settings = _load(params)
+        DaemonSettings.from_settings(settings)  # what `run` rejects is not valid here either
     except SparkjoyError as error:
         _fail(error)
         return
-    click.echo(f"# config file: {settings.config_file or '(none)'}")
-    for dotted, value in settings.values.items():
-        click.echo(f"{dotted} = {json.dumps(_plain(value))}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "total_seconds"):
-        return f"{int(value.total_seconds())}s"
-    if hasattr(value, "value"):
-        return value.value
-    if value is None or isinstance(value, (int, float, str, bool)):
-        return value
-    return str(value)
+    # The output is a config file sparkjoy reads back: `sparkjoy config > f.toml` keeps these settings.
+    click.echo(f"# config file: {report.printable(str(settings.config_file or '(none)'))}")
+    for line in config.toml_lines(settings.values):
+        click.echo(line)
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper

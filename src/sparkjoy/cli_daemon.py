@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import config
-from .cli import CONTEXT, _fail, _flags, engine_options, main, policy_options
+from .cli import CONTEXT, FLAG_KEYS, _fail, _flag_names, _flags, engine_options, main, policy_options
 from .daemon import settings as daemon_settings
 from .errors import ConfigError, ExitCode, SparkjoyError
 
@@ -77,7 +77,8 @@ def run_command(**params: Any) -> None:
     try:
         if params.get("as_of"):
             raise ConfigError("--as-of applies to one-shot commands (df, prune), not to `run`")
-        settings = config.load(_daemon_flags(params), params.get("config_path"))
+        settings = config.load(_daemon_flags(params), params.get("config_path"),
+                               flag_names=_flag_names({**FLAG_KEYS, **DAEMON_FLAGS}))
         daemon = daemon_settings.DaemonSettings.from_settings(settings)
         configure_logging(daemon.log_format, logging.DEBUG if params["verbose"] else logging.INFO)
         supervisor = Supervisor(settings, daemon)

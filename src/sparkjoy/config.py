@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import difflib
 import os
+from enum import Enum
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .engine.connect import ADDRESS_FORMS, address_problem
 from .errors import ConfigError
 from .policy import LabelSelector, Policy, VolumeMode
-from .units import parse_duration, parse_size
+from .units import format_duration_exact, parse_duration, parse_size
 
 
 def _duration(value: Any) -> timedelta:
@@ -83,8 +85,9 @@ def _volumes(value: Any) -> VolumeMode:
 
 
 def _host(value: Any) -> str:
-    if not isinstance(value, str) or "://" not in value:
-        raise ValueError(f"expected an address such as unix:///var/run/docker.sock or tcp://host:2376, got {value!r}")
+    problem = address_problem(value)
+    if problem:
+        raise ValueError(f"not an engine address ({problem}). Use {ADDRESS_FORMS}")
     return value
 
 
@@ -107,6 +110,10 @@ class Key:
     description: str
     example: str
     section: str = ""  # "" for top-level keys
+    # How a checked value is written back into a config file (a str, int, bool or list of
+    # them); None: the usual way for its type (see ``_written``).
+    show: Callable[[Any], Any] | None = None
+    unset: str = ""  # what applies when a key whose default is None is not set
 
     @property
     def env(self) -> str:
@@ -140,9 +147,10 @@ SCHEMA: tuple[Key, ...] = (
         'volumes = "none"'),
     Key("host", _host, None,
         "Engine address; default: DOCKER_HOST, the current docker context, then the local socket.",
-        'host = "unix:///var/run/docker.sock"', section="engine"),
+        'host = "unix:///var/run/docker.sock"', section="engine",
+        unset="DOCKER_HOST, docker context, or unix:///var/run/docker.sock"),
     Key("timeout", _timeout, 600, "How long one engine call may take before it is abandoned.",
-        'timeout = "10m"', section="engine"),
+        'timeout = "10m"', section="engine", show=lambda seconds: format_duration_exact(timedelta(seconds=seconds))),
 )
 
 POLICY_KEYS = ("max_age", "keep_recent", "labels", "repos", "exclude", "containers", "images", "build_cache", "volumes")
@@ -186,9 +194,13 @@ def load(
     flags: Mapping[str, Any] | None = None,
     config_path: str | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Given flags (dotted key -> raw value, only those the user gave), a --config path and the
-    environment, return checked Settings or raise ConfigError listing every problem."""
+    environment, return checked Settings or raise ConfigError listing every problem.
+
+    ``flag_names`` (dotted key -> the option as the user types it, such as ``--label`` for
+    ``labels``) names a flag in problems; without it a flag is named after its key."""
     environ = os.environ if environ is None else environ
     flags = flags or {}
     keys = {(_dotted(k)): k for k in all_keys()}
@@ -211,7 +223,8 @@ def load(
             continue
         if dotted not in keys:
             raise ValueError(f"unknown setting {dotted!r}")  # a programming error, not user input
-        raw[dotted] = (value, f"flag --{keys[dotted].name.replace('_', '-')}")
+        name = (flag_names or {}).get(dotted) or "--" + keys[dotted].name.replace("_", "-")
+        raw[dotted] = (value, f"flag {name}")
 
     values: dict[str, Any] = {}
     for dotted, key in keys.items():
@@ -240,6 +253,69 @@ def load(
     except ConfigError as error:
         raise ConfigError([f"policy: {p}" for p in error.problems]) from error
     return Settings(policy=policy, values=values, config_file=path)
+
+
+def toml_lines(values: Mapping[str, Any]) -> list[str]:
+    """Given checked values by dotted key (``Settings.values``), return them as TOML lines that
+    ``load`` reads back to the same values: ``max_age = "6h"``, ``engine.timeout = "10m"``
+    (dotted keys, which TOML reads as the ``[engine]`` table). A key with no value is a comment
+    saying what applies instead: ``# engine.host: not set (DOCKER_HOST, ...)``."""
+    lines = []
+    for key in all_keys():
+        dotted = _dotted(key)
+        value = values.get(dotted, key.default)
+        if value is None:
+            lines.append(f"# {dotted}: not set" + (f" ({key.unset})" if key.unset else ""))
+        else:
+            lines.append(f"{dotted} = {_toml(key.show(value) if key.show else _written(value))}")
+    return lines
+
+
+def _written(value: Any) -> Any:
+    """A checked value as it is written in a config file."""
+    if isinstance(value, timedelta):
+        return format_duration_exact(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, LabelSelector):
+        return str(value)  # KEY or KEY=VALUE
+    if isinstance(value, (tuple, list)):
+        return [_written(v) for v in value]
+    if isinstance(value, (bool, int, str)):
+        return value
+    raise TypeError(f"no way to write {value!r} in a config file: give its Key a show function")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"not a TOML value: {value!r}")
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string. Control and other invisible characters are escaped, so the output
+    is one line per key and cannot rewrite the terminal; a lone surrogate (undecodable bytes of
+    an environment variable), which TOML cannot hold, becomes U+FFFD."""
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif "\ud800" <= ch <= "\udfff":
+            out.append("\ufffd")
+        elif not ch.isprintable():
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _show(value: Any) -> str:

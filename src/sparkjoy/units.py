@@ -116,3 +116,25 @@ def format_duration(delta: timedelta) -> str:
     if minutes:
         return f"{sign}{minutes}m{secs}s" if secs else f"{sign}{minutes}m"
     return f"{sign}{secs}s"
+
+
+def format_duration_exact(delta: timedelta) -> str:
+    """Given a timedelta, return the short form ``parse_duration`` reads back to the same value.
+
+    ``format_duration``'s form when that loses nothing (``"6h"``, ``"10m"``, ``"1h30m"``);
+    otherwise every non-zero unit: ``"1d30m"``, ``"1h30m15s"``, ``"1s500ms"``, ``"0.001ms"``.
+    """
+    micro = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds  # exact, unlike a float
+    if micro == 0:
+        return "0s"
+    sign = "-" if micro < 0 else ""
+    micro = abs(micro)
+    parts = []
+    for unit, size in (("d", 86400_000_000), ("h", 3600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        count, micro = divmod(micro, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if micro:
+        milli, rest = divmod(micro, 1000)
+        parts.append(f"{milli}.{rest:03d}".rstrip("0").rstrip(".") + "ms" if rest else f"{milli}ms")
+    return sign + "".join(parts)

@@ -327,3 +327,105 @@ def test_any_environment_gives_settings_or_a_config_error_and_nothing_else(envir
                            for value in (environ[name], environ[name].strip())), (problem, environ)
         else:
             assert isinstance(loaded, config.Settings)
+
+
+# -- writing settings back (`sparkjoy config`) ---------------------------------------------------
+
+
+def reloaded(tmp_path: Path, values) -> config.Settings:
+    """Given checked values, write them as toml_lines does and load that file alone."""
+    path = tmp_path / "written.toml"
+    text = "\n".join(config.toml_lines(values)) + "\n"
+    tomllib.loads(text)  # valid TOML, whatever load() makes of it
+    path.write_text(text, encoding="utf-8")
+    return config.load({}, str(path), {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+
+
+def test_the_defaults_are_written_in_sparkjoys_own_forms_and_read_back(tmp_path: Path) -> None:
+    lines = config.toml_lines(load(tmp_path).values)
+    for expected in ('max_age = "6h"', 'engine.timeout = "10m"', 'daemon.build_wait_limit = "30m"',
+                     'daemon.quiet_period = "2m"', "keep_recent = 2", "labels = []", 'volumes = "none"',
+                     "# engine.host: not set (DOCKER_HOST, docker context, or unix:///var/run/docker.sock)"):
+        assert expected in lines, lines
+    assert not any("null" in line or "21600s" in line or "= 600" in line for line in lines), lines
+    assert reloaded(tmp_path, load(tmp_path).values).values == load(tmp_path).values
+
+
+def test_every_key_set_to_an_awkward_value_is_written_so_it_reads_back_the_same(tmp_path: Path) -> None:
+    loaded = load(tmp_path, "\n".join([
+        'max_age = "1d30m"', "keep_recent = 0", 'labels = ["a=b=c", "k", "q=\\"x\\"", "e="]',
+        'repos = ["my app/*", "tab\\tand\\\\", "\\u00e9\\u202e\\u0007"]', 'exclude = ["*:keep"]',
+        "containers = false", "images = false", "build_cache = false", 'volumes = "all"',
+        "[engine]", 'host = "tcp://h:2376"', 'timeout = "1h0m1.5s"',
+        "[daemon]", "scope_from_builds = true", "disable = true", 'interval = "90m"',
+        'high_watermark = "1234567B"', 'low_watermark = "1.2MB"', 'data_root = "/data root"',
+        'state_db = "/s.db"', 'build_wait_limit = "250ms"', 'quiet_period = "0s"', 'listen = "off"',
+        'log_format = "json"', "audit = true",
+    ]) + "\n")
+    lines = config.toml_lines(loaded.values)
+    for expected in ('max_age = "1d30m"', 'engine.timeout = "1h1s"', 'daemon.interval = "1h30m"',
+                     'daemon.high_watermark = "1234567B"', 'daemon.low_watermark = "1.2MB"',
+                     'daemon.listen = "off"', 'labels = ["a=b=c", "k", "q=\\"x\\"", "e="]'):
+        assert expected in lines, lines
+    assert all(line.isprintable() for line in lines), lines
+    assert reloaded(tmp_path, loaded.values).values == loaded.values
+
+
+def test_a_negative_max_age_and_percentage_marks_read_back_the_same(tmp_path: Path) -> None:
+    loaded = load(tmp_path, 'max_age = "-1s"\n[daemon]\nhigh_watermark = "85.125%"\nlow_watermark = "80%"\n')
+    assert 'max_age = "-1s"' in config.toml_lines(loaded.values)
+    assert reloaded(tmp_path, loaded.values).values == loaded.values
+
+
+def _duration_text(delta: timedelta) -> str:
+    size = abs(delta)
+    return ("-" if delta < timedelta(0) else "") + f"{size.days}d{size.seconds}s{size.microseconds / 1000:.3f}ms"
+
+
+_TEXTS = st.text(max_size=12)
+_DURATIONS = st.timedeltas(min_value=timedelta(days=-36_000), max_value=timedelta(days=36_000)).map(_duration_text)
+# Raw values per key, as a file could hold them; each is checked by the key's parser first.
+RAW_VALUES = {
+    "max_age": _DURATIONS, "keep_recent": st.integers(0, 10**9), "labels": st.lists(_TEXTS, max_size=3),
+    "repos": st.lists(_TEXTS, max_size=3), "exclude": st.lists(_TEXTS, max_size=3),
+    "containers": st.booleans(), "images": st.booleans(), "build_cache": st.booleans(),
+    "volumes": st.sampled_from(["none", "anonymous", "all"]),
+    "engine.host": st.sampled_from(["unix:///var/run/docker.sock", "tcp://h:2376", "ssh://u@h"])
+    | _TEXTS.map(lambda t: "unix:///" + t),
+    "engine.timeout": _DURATIONS,
+    "daemon.scope_from_builds": st.booleans(), "daemon.disable": st.booleans(), "daemon.interval": _DURATIONS,
+    "daemon.num_builds": st.integers(0, 10**9),
+    "daemon.high_watermark": st.floats(0, 100).map(lambda p: f"{p!r}%") | st.integers(1, 2**63 - 1)
+    | st.integers(1, 10**6).map(lambda n: f"{n / 1000}GB"),
+    "daemon.low_watermark": st.floats(0, 100).map(lambda p: f"{p}%") | st.integers(1, 2**63 - 1),
+    "daemon.data_root": _TEXTS, "daemon.state_db": _TEXTS, "daemon.build_wait_limit": _DURATIONS,
+    "daemon.quiet_period": _DURATIONS,
+    "daemon.listen": st.sampled_from(["127.0.0.1:9867", "off", "[::1]:80", "0.0.0.0:1", "localhost:9"]),
+    "daemon.log_format": st.sampled_from(["text", "json"]), "daemon.audit": st.booleans(),
+}
+
+
+def test_every_key_has_raw_values_for_the_round_trip() -> None:
+    assert set(RAW_VALUES) == {f"{k.section}.{k.name}" if k.section else k.name for k in config.all_keys()}
+
+
+@st.composite
+def checked_values(draw):
+    values = {}
+    for key in config.all_keys():
+        dotted = f"{key.section}.{key.name}" if key.section else key.name
+        if draw(st.booleans()):
+            values[dotted] = key.default
+            continue
+        try:
+            values[dotted] = key.parse(draw(RAW_VALUES[dotted]))
+        except (ValueError, TypeError):
+            values[dotted] = key.default
+    return values
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(checked_values())
+def test_any_checked_settings_are_written_so_they_read_back_the_same(values) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        assert reloaded(Path(directory), values).values == values

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sparkjoy.engine.connect import DEFAULT_HOST, resolve
-from sparkjoy.errors import ConfigError
+from sparkjoy.engine.connect import DEFAULT_HOST, address_problem, insecure_transport, resolve
+from sparkjoy.errors import ConfigError, ExitCode
 
 
 def write_context(config_dir: Path, name: str, host: str, *, tls: bool = False, skip_verify: bool = False) -> None:
@@ -74,3 +74,58 @@ def test_unknown_context_and_broken_config_json_are_config_errors_naming_them(tm
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         resolve(None, {"DOCKER_CONFIG": str(tmp_path)})
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7:2375", "docker-host.example:2375", ":2375"])
+def test_a_bare_address_is_plain_tcp_and_warned_about(address: str, tmp_path: Path) -> None:
+    """The SDK reads a DOCKER_HOST without a scheme as tcp://: it is warned about like tcp://."""
+    connection = resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_HOST": address})
+    assert connection.base_url == address
+    assert "plain TCP" in (insecure_transport(connection) or "")
+
+
+# -- the address's form is checked where it is resolved: a bad one is a usage error ------------------
+
+
+@pytest.mark.parametrize("address", [
+    "unix:///var/run/docker.sock", "unix://relative.sock", "tcp://10.0.0.1:2376", "tcp://[::1]:2375",
+    "ssh://builder@10.0.0.1", "ssh://10.0.0.1:2222", "http://10.0.0.1:2375", "https://10.0.0.1:2376",
+    "npipe:////./pipe/docker_engine", "127.0.0.1:2375",
+])
+def test_every_form_of_address_the_sdk_takes_is_accepted(address: str, tmp_path: Path) -> None:
+    assert resolve(address, {"DOCKER_CONFIG": str(tmp_path)}).base_url == address
+    assert resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_HOST": address}).base_url == address
+    assert address_problem(address) is None
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("bogus://x", "unknown scheme bogus://"),
+    ("garbage", "no scheme"),
+    ("localhost:2375", "did you mean tcp://localhost:2375?"),
+    ("tcp://10.0.0.1", "port"),
+    ("tcp://", ""),
+    ("ssh://h/path", "no path"),
+    ("tcp://h:2375?x=1", ""),
+    ("fd://", "fd://"),
+])
+def test_a_malformed_address_is_a_config_error_naming_where_it_came_from(address: str, why: str,
+                                                                         tmp_path: Path) -> None:
+    for host_flag, environ, source in (
+        (address, {}, "--host"),
+        (None, {"DOCKER_HOST": address}, "DOCKER_HOST"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            resolve(host_flag, {"DOCKER_CONFIG": str(tmp_path), **environ})
+        message = str(caught.value)
+        assert caught.value.exit_code is ExitCode.USAGE
+        assert message.startswith(f"{source}: "), message
+        assert repr(address) in message and why in message, message
+        for form in ("unix://", "tcp://", "ssh://", "https://", "npipe://"):
+            assert form in message, message
+    assert why in (address_problem(address) or "")
+
+
+def test_a_malformed_address_in_a_context_names_the_context(tmp_path: Path) -> None:
+    write_context(tmp_path, "broken", "bogus://x")
+    with pytest.raises(ConfigError, match="docker context broken.*unknown scheme bogus://"):
+        resolve(None, {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "broken"})

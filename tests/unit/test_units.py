@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkjoy.units import format_bytes, format_duration, parse_duration, parse_size
+from sparkjoy.units import format_bytes, format_duration, format_duration_exact, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -149,3 +149,33 @@ def test_a_printed_size_is_within_half_a_unit_in_the_fourth_digit_of_the_truth(c
     printed = format_bytes(count)
     parsed = parse_size(printed.replace("kB", "KB"))
     assert abs(parsed - count) <= max(count * 0.0005 + 1, 1)
+
+
+# -- the exact short form (what `sparkjoy config` prints) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(hours=6), "6h"),
+        (timedelta(minutes=10), "10m"),
+        (timedelta(minutes=90), "1h30m"),
+        (timedelta(days=1, minutes=30), "1d30m"),
+        (timedelta(hours=1, minutes=30, seconds=15), "1h30m15s"),
+        (timedelta(days=7), "7d"),
+        (timedelta(seconds=1.5), "1s500ms"),
+        (timedelta(microseconds=1), "0.001ms"),
+        (timedelta(microseconds=1500), "1.5ms"),
+        (timedelta(0), "0s"),
+        (timedelta(seconds=-1), "-1s"),
+        (-timedelta(hours=1, minutes=30), "-1h30m"),
+    ],
+)
+def test_format_duration_exact_is_short(delta: timedelta, text: str) -> None:
+    assert format_duration_exact(delta) == text
+    assert parse_duration(text) == delta
+
+
+@given(st.timedeltas(min_value=-timedelta(days=36_500), max_value=timedelta(days=36_500)))
+def test_format_duration_exact_reads_back_to_the_same_duration(delta: timedelta) -> None:
+    assert parse_duration(format_duration_exact(delta)) == delta

@@ -62,6 +62,15 @@ def parse_watermark(value: Any) -> Watermark:
     return Watermark(bytes=size)
 
 
+def show_watermark(mark: Watermark) -> str:
+    """A mark as written in a config file, exactly: ``"85%"``, ``"20GB"``, ``"1234567B"``."""
+    if mark.percent is not None:
+        short = f"{mark.percent:g}"
+        return (short if float(short) == mark.percent else repr(mark.percent)) + "%"
+    size = format_bytes(mark.bytes or 0)  # 4 significant digits: exact for round sizes only
+    return size if parse_size(size) == mark.bytes else f"{mark.bytes}B"
+
+
 def _optional_duration(value: Any) -> timedelta:
     duration = config._duration(value)
     if duration <= timedelta(0):
@@ -115,7 +124,7 @@ KEYS = (
                section="daemon"),
     config.Key("interval", _optional_duration, None,
                "Prune this often (default 1h). Not together with num_builds.", 'interval = "1h"',
-               section="daemon"),
+               section="daemon", unset="1h, unless num_builds is set"),
     config.Key("num_builds", config._whole(0), 0,
                "Prune after every N builds the engine reports (images of the scope built or tagged) "
                "instead of on an interval; 0 means off.", "num_builds = 10", section="daemon"),
@@ -123,18 +132,20 @@ KEYS = (
                "Disk pressure: when usage passes this mark (a percentage of the filesystem holding "
                "Docker's data root, or a size of Docker usage), evict least recently used images and build "
                "cache until under low_watermark. Off by default.", 'high_watermark = "85%"',
-               section="daemon"),
+               section="daemon", show=show_watermark, unset="no eviction under disk pressure"),
     config.Key("low_watermark", parse_watermark, None,
                "Where eviction stops (same kind of mark as high_watermark; default: 5 points or 10% below it).",
-               'low_watermark = "80%"', section="daemon"),
+               'low_watermark = "80%"', section="daemon", show=show_watermark,
+               unset="5 points below a percentage high_watermark, 10% below a size"),
     config.Key("data_root", _path, None,
                "Where the engine's data root can be seen from here, for percentage marks (default: the "
                "engine's DockerRootDir). Set it when the daemon runs in a container with it mounted elsewhere.",
-               'data_root = "/host/var/lib/docker"', section="daemon"),
+               'data_root = "/host/var/lib/docker"', section="daemon", unset="the engine's DockerRootDir"),
     config.Key("state_db", _path, None,
                "The state database (last use per image, last prune). Default: "
                "$XDG_STATE_HOME/sparkjoy/state.db, or /var/lib/sparkjoy/state.db as root.",
-               'state_db = "/var/lib/sparkjoy/state.db"', section="daemon"),
+               'state_db = "/var/lib/sparkjoy/state.db"', section="daemon",
+               unset="$XDG_STATE_HOME/sparkjoy/state.db, or /var/lib/sparkjoy/state.db as root"),
     config.Key("build_wait_limit", _optional_duration, timedelta(minutes=30),
                "The longest a due prune waits for builds in progress; after that it prunes anyway "
                "(objects a running build uses are never removed).", 'build_wait_limit = "30m"',
@@ -145,7 +156,7 @@ KEYS = (
     config.Key("listen", _listen, DEFAULT_LISTEN,
                "Address of /healthz, /readyz, /metrics and the build notifications (POST /build/start, "
                "/build/finish, /prune); \"off\" disables them.", 'listen = "127.0.0.1:9867"',
-               section="daemon"),
+               section="daemon", show=lambda listen: listen or "off"),
     config.Key("log_format", _log_format, "text", "Log as plain text or JSON lines.", 'log_format = "json"',
                section="daemon"),
     config.Key("audit", config._boolean, False,

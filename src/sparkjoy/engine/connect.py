@@ -48,10 +48,11 @@ def insecure_transport(connection: Connection) -> str | None:
     explicit opt-out; it still warns.
     """
     url = connection.base_url
-    if not url.startswith(("tcp://", "http://", "https://")):
+    scheme = url.partition("://")[0].lower() if "://" in url else "tcp"  # the SDK reads HOST:PORT as tcp://
+    if scheme not in ("tcp", "http", "https"):
         return None  # unix://, ssh://, npipe://: the OS or ssh authenticates both ends
     tls = connection.tls
-    if not tls and not url.startswith("https://"):
+    if not tls and scheme != "https":
         return (
             f"the engine at {url} is reached over plain TCP: nothing is encrypted and nobody is "
             "authenticated, so anyone who can reach that port controls the engine and the host. "
@@ -67,6 +68,54 @@ def insecure_transport(connection: Connection) -> str | None:
     return None
 
 
+ADDRESS_FORMS = ("unix:///path/to/docker.sock, tcp://HOST:PORT, ssh://[USER@]HOST[:PORT], http://HOST:PORT, "
+                 "https://HOST:PORT, npipe:////./pipe/NAME (Windows) or a bare IP:PORT (read as tcp://)")
+
+
+def address_problem(address: object) -> str | None:
+    """Given an engine address, say what is wrong with its form, or None when the SDK takes it.
+
+    Only the form: whether anything answers there is found out by connecting.
+    """
+    import docker.errors
+    import docker.utils
+    from docker.constants import IS_WINDOWS_PLATFORM
+
+    if not isinstance(address, str) or not address.strip():
+        return "the address is empty"
+    text = address.strip()
+    try:
+        docker.utils.parse_host(text, IS_WINDOWS_PLATFORM)
+    except docker.errors.DockerException as error:
+        # The SDK's words, without the address it repeats: "Invalid bind address format: port is required".
+        detail = str(error).removesuffix(f": {text}")
+        scheme, sep, _ = text.partition("://")
+        if not sep:
+            host, colon, port = text.rpartition(":")
+            return f"no scheme: did you mean tcp://{text}?" if colon and host and port.isdigit() else (
+                "no scheme such as unix:// or tcp://")
+        if detail == "Invalid bind address protocol":
+            return f"unknown scheme {scheme}://"
+        if detail.endswith("port is required"):
+            return f"{scheme}:// needs a port ({scheme}://HOST:PORT)"
+        if "no path allowed" in detail:
+            return f"{scheme}:// takes no path"
+        if detail.startswith("fd protocol"):
+            return "fd:// is not supported"
+        if detail == "Invalid bind address format":
+            return "malformed (no host, or a query, fragment, parameters or password, which are not allowed)"
+        return detail
+    return None
+
+
+def _checked(address: str, source: str) -> str:
+    """Given an address and where it came from, return it, or raise ConfigError (exit 2) naming both."""
+    problem = address_problem(address)
+    if problem:
+        raise ConfigError(f"{source}: {address!r} is not an engine address ({problem}). Use {ADDRESS_FORMS}.")
+    return address
+
+
 def _resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) -> Connection:
     import docker
 
@@ -76,9 +125,10 @@ def _resolve(host_flag: str | None, environ: Mapping[str, str] | None = None) ->
     except docker.errors.TLSParameterError as error:
         raise ConfigError(f"DOCKER_TLS_VERIFY/DOCKER_CERT_PATH: {error}") from error
     if host_flag:
-        return Connection(host_flag, "--host", tls_kwargs.get("tls"))
+        return Connection(_checked(host_flag, "--host"), "--host", tls_kwargs.get("tls"))
     if environ.get("DOCKER_HOST"):
-        return Connection(tls_kwargs.get("base_url", environ["DOCKER_HOST"]), "DOCKER_HOST", tls_kwargs.get("tls"))
+        host = _checked(tls_kwargs.get("base_url", environ["DOCKER_HOST"]), "DOCKER_HOST")
+        return Connection(host, "DOCKER_HOST", tls_kwargs.get("tls"))
     name, named_by = _current_context_name(environ)
     if name != "default":
         host, tls = _load_context(name, named_by, environ)
@@ -133,6 +183,8 @@ def _load_context(name: str, named_by: str, environ: Mapping[str, str]) -> tuple
     if not isinstance(endpoint, dict):
         return None, None
     host = endpoint.get("Host") if isinstance(endpoint.get("Host"), str) else None
+    if host:
+        _checked(host, f"docker context {name} (its docker endpoint's Host in {meta})")
     tls_dir = contexts / "tls" / context_id / "docker"
     ca, cert, key = (tls_dir / "ca.pem", tls_dir / "cert.pem", tls_dir / "key.pem")
     tls = None
