@@ -164,7 +164,7 @@ def cli(engine: IsolatedEngine, *args: str, expect_exit: int = 0) -> dict:
     The environment is cleared of DOCKER_HOST and friends for the child, so the only way it
     can find an engine is the --host flag pointing at the private one.
     """
-    command = [str(_SPARKJOY)] if _SPARKJOY.exists() else [sys.executable, "-m", "sparkjoy.cli"]
+    command = [str(_SPARKJOY)] if _SPARKJOY.exists() else [sys.executable, "-m", "sparkjoy"]
     command += [*args, "--host", engine.host, "--format", "json"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")

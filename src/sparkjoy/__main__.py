@@ -1,0 +1,5 @@
+"""`python -m sparkjoy ...`: the same as the `sparkjoy` command."""
+
+from .cli import main
+
+main()
