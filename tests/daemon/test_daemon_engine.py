@@ -262,3 +262,34 @@ def test_the_daemons_audit_reports_a_kept_image_that_vanished_during_its_prune(c
     assert summary.failures == 1
     assert f"audit: image {kept}: kept image is gone" in caplog.text
     assert not summary.result.ok and partial == 1
+
+
+def test_an_engine_that_cannot_be_reached_is_retried_with_a_doubling_backoff_up_to_the_cap(tmp_path: Path) -> None:
+    """The waits between connection attempts double from 1 s and stop growing at the cap, and a
+    stop request ends the retrying at once. The waits are recorded, not slept."""
+    import threading
+
+    from sparkjoy import config
+    from sparkjoy.daemon.settings import DaemonSettings
+    from sparkjoy.daemon.supervisor import Supervisor
+
+    loaded = config.load({"engine.host": f"unix://{tmp_path}/nobody.sock", "daemon.state_db": str(tmp_path / "s.db"),
+                          "daemon.listen": "off"}, None, environ={"HOME": str(tmp_path)})
+    supervisor = Supervisor(loaded, DaemonSettings.from_settings(loaded), backoff_max_seconds=8.0)
+
+    class RecordingStop(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout)
+            if len(self.waits) == 7:
+                self.set()
+            return self.is_set()
+
+    supervisor._stop = RecordingStop()
+    assert supervisor._connect() is None
+    assert supervisor._stop.waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    ready, why = supervisor.contact.readiness()
+    assert not ready and why.startswith("engine unreachable:"), why
