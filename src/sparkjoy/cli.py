@@ -20,8 +20,7 @@ from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult
-from .model import Snapshot
-from .planner import EMPTY_MEMORY, Memory, Plan, plan as make_plan
+from .planner import EMPTY_MEMORY, Plan, plan as make_plan
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -120,38 +119,6 @@ def _state_path(settings: config.Settings) -> Path:
     return Path(configured) if configured else state.default_path()
 
 
-def _remembered(settings: config.Settings, engine: DockerEngine) -> Memory:
-    """What the daemon (or earlier prunes) remember of this engine's images; nothing if no state yet.
-
-    Read only: a dry run and the real run that follows plan from the same memory.
-    """
-    path = _state_path(settings)
-    if not path.is_file():
-        return EMPTY_MEMORY
-    remembered = state.State.open(path, engine.host)
-    try:
-        return remembered.memory()
-    finally:
-        remembered.close()
-
-
-def _snapshot(settings: config.Settings, engine: DockerEngine) -> Snapshot:
-    """Read the engine, with the image histories earlier runs read (they never change for an
-    image ID) taken from the state database and this run's saved there, so a second run asks
-    the engine for new images' histories only. The cache is best effort: a state database
-    that cannot be used costs only the engine calls it would have saved."""
-    path = _state_path(settings)
-    cache = state.State.open(path, engine.host, quiet=True)
-    try:
-        engine.know_histories(cache.histories())
-        snapshot = engine.snapshot()
-        if cache.persistent:
-            cache.save_histories(engine.histories_of(snapshot))
-        return snapshot
-    finally:
-        cache.close()
-
-
 def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, plan: Plan) -> None:
     """After a real prune, record images seen for the first time, so an image with no usable
     timestamp can age from today on (it is kept until then). Recorded after planning, so this
@@ -164,9 +131,24 @@ def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, p
 
 
 def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tuple[DockerEngine, Plan]:
+    """Read the engine and plan, with what the state database remembers: last use and first
+    sightings (read only: a dry run and the real run that follows plan from the same memory),
+    and the image histories earlier runs read (they never change for an image ID; this run's
+    are saved, so a second run asks the engine for new images' histories only). The history
+    cache is best effort: a database that cannot be used costs only the calls it would save,
+    and says so only when there was a database to use."""
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
-    memory = _remembered(settings, engine)
-    snapshot = _snapshot(settings, engine)
+    path = _state_path(settings)
+    existed = path.is_file()
+    remembered = state.State.open(path, engine.host, quiet=not existed)
+    try:
+        memory = remembered.memory() if existed else EMPTY_MEMORY
+        engine.know_histories(remembered.histories())
+        snapshot = engine.snapshot()
+        if remembered.persistent:
+            remembered.save_histories(engine.histories_of(snapshot))
+    finally:
+        remembered.close()
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
     return engine, make_plan(snapshot, settings.policy, memory, now=now)
 

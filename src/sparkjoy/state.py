@@ -280,17 +280,16 @@ class State:
     def save_histories(self, histories: Mapping[str, list]) -> None:
         """Keep exactly these images' history steps (the images the engine has now): rows of
         images gone are dropped, so the cache never outgrows the engine."""
-        rows = {
-            image_id: json.dumps(steps, separators=(",", ":"))
-            for image_id, steps in histories.items() if isinstance(steps, list)
-        }
+        rows = {image_id: steps for image_id, steps in histories.items() if isinstance(steps, list)}
         with self._lock, self._db:
             stored = {row[0] for row in self._db.execute(
                 "SELECT image_id FROM histories WHERE engine = ?", (self.engine,))}
             self._db.executemany("DELETE FROM histories WHERE engine = ? AND image_id = ?",
                                  [(self.engine, i) for i in stored - rows.keys()])
+            # Only new images are written (and encoded): the daemon saves after every snapshot.
             self._db.executemany("INSERT OR IGNORE INTO histories (engine, image_id, steps) VALUES (?, ?, ?)",
-                                 [(self.engine, i, steps) for i, steps in rows.items() if i not in stored])
+                                 [(self.engine, i, json.dumps(steps, separators=(",", ":")))
+                                  for i, steps in rows.items() if i not in stored])
 
     # -- events and prunes --------------------------------------------------------------
 
