@@ -1,9 +1,11 @@
-"""Running the daemon in-process against a test engine, with an injectable clock."""
+"""Running the daemon against a test engine: in-process with an injectable clock
+(``RunningDaemon``), or as a `sparkjoy run` process of its own (``daemon_process``)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,6 +16,20 @@ from sparkjoy.daemon.settings import DaemonSettings
 from sparkjoy.daemon.supervisor import Supervisor
 from tests.engine import IsolatedEngine
 from tests.fixtures import wait_until
+
+
+@contextmanager
+def daemon_process(command: list[str], env: dict[str, str], log_path: Path):
+    """Start `command` (a `sparkjoy run`) with its output in `log_path`; yield the process, and
+    kill it if the test leaves it running (a test stops it itself, to check its exit code)."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 class RunningDaemon:

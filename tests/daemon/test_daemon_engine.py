@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sparkjoy.state import State
-from tests.daemon.support import RunningDaemon, image_exists, run_and_remove
+from tests.daemon.support import RunningDaemon, daemon_process, image_exists, run_and_remove
 from tests.fixtures import busybox_layer, import_image, run_container, wait_until
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=timezone.utc)
@@ -140,9 +140,7 @@ def test_sigterm_stops_the_daemon_with_exit_0_and_a_second_daemon_for_the_same_e
     command = [str(Path(sys.executable).with_name("sparkjoy")), "run", "--host", engine.host,
                "--state-db", str(tmp_path / "state.db"), "--listen", "127.0.0.1:0", "--quiet-period", "1h"]
     env = {**engine.env(), "HOME": str(tmp_path)}
-    with open(log_path, "wb") as log:
-        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with daemon_process(command, env, log_path) as daemon:
         wait_until(lambda: b"daemon started" in log_path.read_bytes(), timeout=30, what="the daemon to start")
 
         second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
@@ -151,10 +149,6 @@ def test_sigterm_stops_the_daemon_with_exit_0_and_a_second_daemon_for_the_same_e
 
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
     assert b"daemon stopped; state saved" in log_path.read_bytes()
 
 
@@ -167,9 +161,7 @@ def test_sigusr1_makes_the_running_daemon_prune_at_once(clean_engine, tmp_path: 
                "--state-db", str(tmp_path / "state.db"), "--listen", "127.0.0.1:0", "--quiet-period", "1h",
                "--max-age=-1s", "--keep-recent", "0", "--label", "sigusr1=yes", "--audit"]
     env = {**engine.env(), "HOME": str(tmp_path)}
-    with open(log_path, "wb") as log:
-        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with daemon_process(command, env, log_path) as daemon:
         wait_until(lambda: b"daemon started" in log_path.read_bytes(), timeout=30, what="the daemon to start")
         assert image_exists(engine, doomed), "no prune before it is asked for (a quiet period of 1h)"
         daemon.send_signal(signal.SIGUSR1)
@@ -177,10 +169,6 @@ def test_sigusr1_makes_the_running_daemon_prune_at_once(clean_engine, tmp_path: 
                    what="the prune SIGUSR1 asked for")
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
     assert not image_exists(engine, doomed) and image_exists(engine, bystander)
     assert b"audit:" not in log_path.read_bytes()
 

@@ -177,9 +177,9 @@ def test_no_secret_reaches_the_daemons_log_or_metrics(clean_engine, tmp_path, co
     container environment and no registry credential, through a whole prune."""
     import re
     import signal
-    import subprocess
     import urllib.request
 
+    from tests.daemon.support import daemon_process
     from tests.reliability.support import SPARKJOY, cli_environment
 
     engine = clean_engine
@@ -197,11 +197,9 @@ def test_no_secret_reaches_the_daemons_log_or_metrics(clean_engine, tmp_path, co
     environment = cli_environment(engine.host, {"HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
                                                 "XDG_STATE_HOME": str(tmp_path / "state")})
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:
-        daemon = subprocess.Popen([str(SPARKJOY), "run", "-v", "--log-format", "json", "--listen", "127.0.0.1:0",
-                                   "--quiet-period", "1h", "--audit", *GREEDY_FLAGS, "--exclude", "secret/app:*"],
-                                  env=environment, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    command = [str(SPARKJOY), "run", "-v", "--log-format", "json", "--listen", "127.0.0.1:0",
+               "--quiet-period", "1h", "--audit", *GREEDY_FLAGS, "--exclude", "secret/app:*"]
+    with daemon_process(command, environment, log_path) as daemon:
         fixtures.wait_until(lambda: b"listening on http://" in log_path.read_bytes(), timeout=30,
                             what="the daemon to listen")
         port = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", log_path.read_bytes()).group(1).decode()
@@ -212,10 +210,6 @@ def test_no_secret_reaches_the_daemons_log_or_metrics(clean_engine, tmp_path, co
             metrics = answer.read()
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
     count(runs=1)
     logged = log_path.read_bytes()
     assert old.encode() in logged, "the debug log names every deleted object (so it was a real prune)"
