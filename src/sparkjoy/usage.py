@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import count, repeat
 from typing import Iterable, Sequence
 
 from .model import BuildCacheRecord, Image, Kind, Snapshot
@@ -72,16 +73,18 @@ class Freed:
 class LayerLedger:
     """Every byte of a snapshot with the objects that hold it. Built once per snapshot.
 
-    A holding is some bytes with the distinct objects holding them: ``_sizes[i]`` bytes held
-    by ``_holders[i]``. One per layer, unshared cache record, writable layer and volume; two
-    parallel lists, not an object per holding, as a snapshot can have hundreds of thousands.
-    Holders are a tuple, not a set: most holdings have a single holder, and a set costs four
-    times the memory.
+    Bytes one object holds alone (most of them: an image's own layers, an unshared cache
+    record, a writable layer, a volume) are summed per object in ``_own``: deleting that
+    object frees them, whenever it goes. Bytes several objects hold are holdings:
+    ``_sizes[i]`` bytes held by the distinct objects ``_holders[i]``, two parallel lists,
+    not an object per holding. Holders are a tuple, not a set: a set costs four times the
+    memory.
     """
 
     def __init__(self, snapshot: Snapshot):
         self._sizes: list[int] = []
         self._holders: list[tuple[ObjectKey, ...]] = []
+        own: dict[ObjectKey, int] = defaultdict(int)
         image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
         # chain id -> its size, the chain id below it, and the images holding it (in listing
         # order; an image listed twice is there twice). First sighting wins for size and parent.
@@ -111,7 +114,7 @@ class LayerLedger:
                 # holds, so nothing is predicted.
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
-                    self._hold(unique, (key,))
+                    own[key] += unique
         self._layer_images = layer_images
 
         # build-cache record id -> chain id of the layer it holds; and for a record that
@@ -130,26 +133,31 @@ class LayerLedger:
             if size <= 0:
                 continue
             images = layer_images[chain_id]
+            records = layer_records.get(chain_id)
+            if records is None and len(images) == 1:  # most layers: one image's alone
+                own[images[0]] += size
+                continue
             holders = tuple(dict.fromkeys(images)) if len(images) > 1 else tuple(images)
-            if chain_id in layer_records:
-                holders += tuple(layer_records[chain_id])
-            self._hold(size, holders)
+            if records is not None:
+                holders += tuple(records)
+            if len(holders) == 1:  # one image listed twice
+                own[holders[0]] += size
+            else:
+                self._sizes.append(size)
+                self._holders.append(holders)
 
         for record in snapshot.build_cache:
             if record.size > 0 and not record.shared:
-                self._hold(record.size, ((Kind.BUILD_CACHE, record.id),))
+                own[(Kind.BUILD_CACHE, record.id)] += record.size
             # A shared record without a matching layer shares its bytes with something we
             # cannot see: deleting it is predicted to free nothing.
         for container in snapshot.containers:
             if container.size_rw > 0:
-                self._hold(container.size_rw, ((Kind.CONTAINER, container.id),))
+                own[(Kind.CONTAINER, container.id)] += container.size_rw
         for volume in snapshot.volumes:
             if volume.size > 0:
-                self._hold(volume.size, ((Kind.VOLUME, volume.name),))
-
-    def _hold(self, size: int, holders: tuple[ObjectKey, ...]) -> None:
-        self._sizes.append(size)
-        self._holders.append(holders)
+                own[(Kind.VOLUME, volume.name)] += volume.size
+        self._own = dict(own)
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
         """Given a build-cache record, return the chain ids of the layers it holds or may hold."""
@@ -171,32 +179,25 @@ class LayerLedger:
         A byte is freed by the last of its holders to be deleted; a byte whose holders all
         go except build-cache records is reported as held by cache, on the last image.
         """
-        position = {key: index for index, key in enumerate(deletions)}
-        by_object: dict[ObjectKey, int] = dict.fromkeys(deletions, 0)
+        position = dict(zip(deletions, count()))  # a key listed twice: its last place
+        # Bytes an object holds alone go with it, whenever it goes.
+        by_object: dict[ObjectKey, int] = dict(zip(deletions, map(self._own.get, deletions, repeat(0))))
         held: dict[ObjectKey, int] = {}
+        place_of = position.get
         for size, holders in zip(self._sizes, self._holders):
-            if len(holders) == 1:  # most bytes: freed by their one holder, if it goes
-                if holders[0] in position:
-                    by_object[holders[0]] += size
+            places = list(map(place_of, holders))  # None: the holder stays
+            if None not in places:  # all go: the last to go frees the bytes
+                by_object[holders[places.index(max(places))]] += size
                 continue
-            staying = [h for h in holders if h not in position]
-            if not staying:
-                last = max(holders, key=position.__getitem__)
-                by_object[last] += size
-            elif all(kind is Kind.BUILD_CACHE for kind, _ in staying):
-                going_images = [h for h in holders if h in position and h[0] is Kind.IMAGE]
-                if going_images:
-                    last = max(going_images, key=position.__getitem__)
-                    held[last] = held.get(last, 0) + size
+            going_images = [p for h, p in zip(holders, places) if p is not None and h[0] is Kind.IMAGE]
+            if going_images and all(h[0] is Kind.BUILD_CACHE for h, p in zip(holders, places) if p is None):
+                last = holders[places.index(max(going_images))]
+                held[last] = held.get(last, 0) + size
         return Freed(by_object, held)
 
     def unique_bytes(self) -> dict[ObjectKey, int]:
         """Given the ledger, return object -> bytes it holds alone (what deleting just it would free)."""
-        unique: dict[ObjectKey, int] = defaultdict(int)
-        for size, holders in zip(self._sizes, self._holders):
-            if len(holders) == 1:
-                unique[holders[0]] += size
-        return dict(unique)
+        return dict(self._own)
 
 
 def _match_records(
@@ -204,25 +205,33 @@ def _match_records(
 ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     """Given build-cache records and image layers, return record id -> chain id of the layer it
     holds, and for records several layers fit equally, record id -> those layers' chain ids."""
+    shared = {r.id: r for r in records if r.shared and r.size > 0}
+    # Only a size some shared record has can match: index the layers of those sizes alone.
+    wanted = {r.size for r in shared.values()}
     by_size: dict[int, list[str]] = defaultdict(list)
     for chain_id, size in layer_size.items():
-        if size > 0:
+        if size in wanted:
             by_size[size].append(chain_id)
     for candidates in by_size.values():
-        candidates.sort()
+        if len(candidates) > 1:
+            candidates.sort()
 
-    shared = {r.id: r for r in records if r.shared and r.size > 0}
     matched: dict[str, str] = {}
     ambiguous: dict[str, tuple[str, ...]] = {}
+    # The records on the current path of parent look-ups (a loop of parents ends there):
+    # one set, added to on the way up and taken from on the way back, not a copy per step.
+    visiting: set[str] = set()
 
-    def match(record: BuildCacheRecord, visiting: set[str]) -> str | None:
+    def match(record: BuildCacheRecord) -> str | None:
         if record.id in matched:
             return matched[record.id]
         candidates = by_size.get(record.size, [])
         if not candidates:
             return None
         if len(candidates) > 1 and record.parent in shared and record.parent not in visiting:
-            parent_layer = match(shared[record.parent], visiting | {record.id})
+            visiting.add(record.id)
+            parent_layer = match(shared[record.parent])
+            visiting.discard(record.id)
             preferred = [c for c in candidates if parent_layer and layer_parent.get(c) == parent_layer]
             if preferred:
                 candidates = preferred
@@ -234,6 +243,6 @@ def _match_records(
         matched[record.id] = candidates[0]
         return candidates[0]
 
-    for record in sorted(shared.values(), key=lambda r: r.id):
-        match(record, set())
+    for record_id in sorted(shared):
+        match(shared[record_id])
     return matched, ambiguous
