@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from operator import attrgetter
 from typing import Mapping
 
 from .model import BuildCacheRecord, Container, ContainerState, Image, Kind, Snapshot, Volume, repository_of
@@ -47,6 +48,35 @@ class PlannedObject:
     @property
     def key(self) -> ObjectKey:
         return (self.kind, self.id)
+
+
+class _Unfrozen:
+    """A PlannedObject while the planner fills it in, turned into a PlannedObject by ``_freeze``.
+
+    A frozen dataclass sets each field through ``object.__setattr__`` (about 1 µs an object,
+    a third of a second on 300,000 objects); this class has the same slots, so it is built
+    at plain-object speed and then becomes a PlannedObject by changing its class (Python
+    allows it for identical slots). Only the planner sees it: every object in a Plan is a
+    true, immutable PlannedObject.
+    """
+
+    __slots__ = PlannedObject.__slots__
+
+    def __init__(self, kind: Kind, object_id: str, names: tuple[str, ...], decided: Decided, size: int):
+        self.kind = kind
+        self.id = object_id
+        self.names = names
+        self.decision, self.reason, self.reference_time = decided
+        self.bytes = 0  # filled in for deletions once the whole plan is known
+        self.bytes_held_by_cache = 0
+        self.size = size if size > 0 else 0
+        self.in_scope = not self.reason.startswith("out of scope")
+
+
+def _freeze(objects: list[_Unfrozen]) -> tuple[PlannedObject, ...]:
+    for o in objects:
+        o.__class__ = PlannedObject  # type: ignore[assignment]
+    return tuple(objects)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,9 @@ class Memory:
 
 EMPTY_MEMORY = Memory()
 
+# What a rule decides for one object: the decision, its reason, and the reference time.
+Decided = tuple[Decision, str, "datetime | None"]
+
 
 def plan(snapshot: Snapshot, policy: Policy, memory: Memory = EMPTY_MEMORY, *, now: datetime) -> Plan:
     """Given what the engine holds, the policy, what we remember and the time, decide every object."""
@@ -137,40 +170,25 @@ class _Planner:
 
     def run(self) -> Plan:
         containers = self.plan_containers()
-        removed_containers = {d[1] for d in containers if d[3][0] is Decision.DELETE}
+        removed_containers = {o.id for o in containers if o.decision is Decision.DELETE}
         images = self.plan_images(removed_containers)
         ledger = LayerLedger(self.snapshot)
         cache = self.plan_build_cache(ledger)
         volumes = self.plan_volumes(removed_containers)
 
-        # Drafts first, objects once: the bytes of a deletion depend on every deletion before it.
-        drafts = containers + images + cache + volumes
-        deletion_order = [(d[0], d[1]) for d in drafts if d[3][0] is Decision.DELETE]
+        # Every object decided first, bytes after: the bytes of a deletion depend on every
+        # deletion before it. Kept objects free nothing (their bytes stay 0).
+        objects = containers + images + cache + volumes
+        deleted = [o for o in objects if o.decision is Decision.DELETE]
+        deletion_order = [(o.kind, o.id) for o in deleted]
         freed = ledger.freed(deletion_order)
-        by_object, held = freed.by_object, freed.held_by_cache
-        # The deletions' keys, in the order their drafts come: kept objects free nothing.
-        keys = iter(deletion_order)
-        objects = []
-        for kind, object_id, names, (decision, reason, when), size in drafts:
-            freed_bytes = held_bytes = 0
-            if decision is Decision.DELETE:
-                key = next(keys)
-                freed_bytes, held_bytes = by_object[key], held.get(key, 0)
-            objects.append(
-                PlannedObject(
-                    kind,
-                    object_id,
-                    names,
-                    decision,
-                    reason,
-                    freed_bytes,
-                    held_bytes,
-                    when,
-                    max(size, 0),
-                    not reason.startswith("out of scope"),
-                )
-            )
-        return Plan(objects=tuple(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)
+        for o, freed_bytes in zip(deleted, map(freed.by_object.__getitem__, deletion_order)):
+            o.bytes = freed_bytes
+        held = freed.held_by_cache
+        if held:
+            for o, key in zip(deleted, deletion_order):
+                o.bytes_held_by_cache = held.get(key, 0)
+        return Plan(objects=_freeze(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)
 
     # -- containers -------------------------------------------------------------------
 
@@ -184,9 +202,9 @@ class _Planner:
                 return "out of scope: its image's repository does not match --repo"
         return None
 
-    def plan_containers(self) -> list[_Draft]:
+    def plan_containers(self) -> list[_Unfrozen]:
         return [
-            (Kind.CONTAINER, c.id, c.names, self.decide_container(c), c.size_rw)
+            _Unfrozen(Kind.CONTAINER, c.id, c.names, self.decide_container(c), c.size_rw)
             for c in sorted(self.snapshot.containers, key=lambda c: c.id)
         ]
 
@@ -208,19 +226,7 @@ class _Planner:
 
     # -- images -----------------------------------------------------------------------
 
-    def image_reference_time(self, image: Image) -> tuple[datetime | None, str]:
-        last_tag = image.last_tag_time
-        last_use = self.memory.last_used.get(image.id)
-        if last_tag and (last_use is None or last_tag >= last_use):
-            return last_tag, "last tagged"
-        if last_use:
-            return last_use, "last used"
-        first_seen = self.memory.first_seen.get(image.id)
-        if first_seen:
-            return first_seen, "first seen by sparkjoy"
-        return None, ""
-
-    def plan_images(self, removed_containers: set[str]) -> list[_Draft]:
+    def plan_images(self, removed_containers: set[str]) -> list[_Unfrozen]:
         pinned: dict[str, Container] = {}
         for container in self.snapshot.containers:
             if container.id not in removed_containers:
@@ -230,12 +236,15 @@ class _Planner:
         candidates: list[tuple[Image, datetime]] = []
         # Unscoped and without exclusions (the common case), no image needs asking.
         excluding = bool(self.policy.exclude)
+        pruning = self.policy.images
+        reference_time = self.image_reference_time
+        decide_by_age = self.decide_by_age
         for image in self.snapshot.images:
             problem = self.policy.image_in_scope(image) if self._scoped else None
-            when, what = self.image_reference_time(image)
+            when, what = reference_time(image)
             if problem:
                 decisions[image.id] = (Decision.KEEP, problem, when)
-            elif not self.policy.images:
+            elif not pruning:
                 decisions[image.id] = (Decision.KEEP, "image pruning is off", when)
             elif excluding and (excluded := self.policy.excluded_by(image)) is not None:
                 pattern, tag = excluded
@@ -251,20 +260,35 @@ class _Planner:
                     None,
                 )
             else:
-                decisions[image.id] = decided = self.decide_by_age(what, when, "old")
+                decisions[image.id] = decided = decide_by_age(what, when, "old")
                 if decided[0] is Decision.DELETE:
                     candidates.append((image, when))
 
         self.keep_recent_per_repository(candidates, decisions)
         self.keep_parents_of_kept(decisions)
 
+        objects = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
+        # Children before parents (deepest first), then the oldest first, then by id. Three
+        # stable sorts on one simple key each, the last key first: the same order as one sort
+        # on the tuple (-depth, time, id), at a third of the cost (no tuple per image).
         depth = self.image_depths()
         ageless = datetime.min.replace(tzinfo=self.now.tzinfo)
-        ordered = sorted(
-            self.snapshot.images,
-            key=lambda i: (-depth[i.id], decisions[i.id][2] or ageless, i.id),
-        )
-        return [(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in ordered]
+        objects.sort(key=attrgetter("id"))
+        objects.sort(key=lambda o: o.reference_time or ageless)
+        objects.sort(key=lambda o: depth[o.id], reverse=True)  # reverse=True keeps ties in order
+        return objects
+
+    def image_reference_time(self, image: Image) -> tuple[datetime | None, str]:
+        last_tag = image.last_tag_time
+        last_use = self.memory.last_used.get(image.id)
+        if last_tag and (last_use is None or last_tag >= last_use):
+            return last_tag, "last tagged"
+        if last_use:
+            return last_use, "last used"
+        first_seen = self.memory.first_seen.get(image.id)
+        if first_seen:
+            return first_seen, "first seen by sparkjoy"
+        return None, ""
 
     def keep_recent_per_repository(
         self, candidates: list[tuple[Image, datetime]], decisions: dict[str, tuple[Decision, str, datetime | None]]
@@ -319,13 +343,12 @@ class _Planner:
 
     # -- build cache ------------------------------------------------------------------
 
-    def plan_build_cache(self, ledger: LayerLedger) -> list[_Draft]:
+    def plan_build_cache(self, ledger: LayerLedger) -> list[_Unfrozen]:
         records = {r.id: r for r in self.snapshot.build_cache}
         # Which images a record holds matters only to a scope.
         holding = ledger.records_holding_images() if self._scoped else {}
-        decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
-        for record in records.values():
-            decisions[record.id] = self.decide_record(record, holding.get(record.id))
+        decide = self.decide_record
+        decisions = {record_id: decide(record, holding.get(record_id)) for record_id, record in records.items()}
 
         # A record with a child that stays cannot be freed: BuildKit keeps parents of live
         # records. Walk up from every kept record; each record turns to "keep" at most once.
@@ -357,17 +380,20 @@ class _Planner:
                 depths[record_id] = top + steps_below_top
             return depths[record.id]
 
-        ordered = sorted(records.values(), key=lambda r: (-depth(r), r.id))
-        return [
-            (
-                Kind.BUILD_CACHE,
-                r.id,
-                (f"{r.type}: {r.description}" if r.description else r.type,),
-                decisions[r.id],
-                r.size,
-            )
-            for r in ordered
-        ]
+        # Children before parents (deepest first), then by id: each record's object is made
+        # in listing order and dealt into the list of its depth, and each list is sorted by id
+        # (ids are unique here: this is the order of one sort on (-depth, id), without a tuple
+        # per record). Listing order matters for speed: the engine lists parents first, so
+        # most depths are one step from a known one, and the records are read in the order
+        # they sit in memory (reading 200,000 records in id order costs three times as much).
+        by_depth: dict[int, list[_Unfrozen]] = defaultdict(list)
+        for record_id, r in records.items():
+            names = (f"{r.type}: {r.description}" if r.description else r.type,)
+            by_depth[depth(r)].append(_Unfrozen(Kind.BUILD_CACHE, record_id, names, decisions[record_id], r.size))
+        ordered: list[_Unfrozen] = []
+        for level in sorted(by_depth, reverse=True):
+            ordered += sorted(by_depth[level], key=attrgetter("id"))
+        return ordered
 
     def decide_record(
         self, record: BuildCacheRecord, holds_images: set[str] | None
@@ -392,14 +418,14 @@ class _Planner:
 
     # -- volumes ----------------------------------------------------------------------
 
-    def plan_volumes(self, removed_containers: set[str]) -> list[_Draft]:
+    def plan_volumes(self, removed_containers: set[str]) -> list[_Unfrozen]:
         users: dict[str, list[Container]] = defaultdict(list)
         for container in self.snapshot.containers:
             if container.id not in removed_containers:
                 for name in container.volumes:
                     users[name].append(container)
         return [
-            (
+            _Unfrozen(
                 Kind.VOLUME,
                 v.name,
                 (v.name,),
@@ -434,6 +460,3 @@ class _Planner:
         return self.decide_by_age("created", when, "unused")
 
 
-Decided = tuple[Decision, str, "datetime | None"]
-# An object decided, before the bytes of the whole plan are known: (kind, id, names, decided, size).
-_Draft = tuple[Kind, str, tuple[str, ...], Decided, int]
