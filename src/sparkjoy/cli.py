@@ -134,19 +134,23 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tup
     """Read the engine and plan, with what the state database remembers: last use and first
     sightings (read only: a dry run and the real run that follows plan from the same memory),
     and the image histories earlier runs read (they never change for an image ID; this run's
-    are saved, so a second run asks the engine for new images' histories only). The history
-    cache is best effort: a database that cannot be used costs only the calls it would save,
-    and says so only when there was a database to use."""
-    engine = DockerEngine.connect(settings.host, timeout=settings.timeout)
+    are saved, so a second run asks the engine for new images' histories only), and the image
+    inspects, which a second run asks again only for the images the engine's events since
+    the first say changed (see DockerEngine.know_inspects). Both caches are best effort: a
+    database that cannot be used costs only the calls it would save, and says so only when
+    there was a database to use."""
+    engine = DockerEngine.connect(settings.host, timeout=settings.timeout, remember_inspects=True)
     path = _state_path(settings)
     existed = path.is_file()
     remembered = state.State.open(path, engine.host, quiet=not existed)
     try:
         memory = remembered.memory() if existed else EMPTY_MEMORY
         engine.know_histories(remembered.histories())
+        engine.know_inspects(*remembered.inspects())
         snapshot = engine.snapshot()
         if remembered.persistent:
             remembered.save_histories(engine.histories_of(snapshot))
+            remembered.save_inspects(*engine.remembered_inspects(snapshot))
     finally:
         remembered.close()
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects

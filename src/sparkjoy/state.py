@@ -3,7 +3,9 @@
 Per engine (rows are keyed by the engine's address, so one file can serve several
 daemons): when each image was first seen and last used, the time of the last engine
 event read (to replay what was missed on reconnect), and the last prune (time and the
-build count at that moment).
+build count at that moment). Two caches for the one-shot commands: each image's history
+steps (size and instruction word), and the fields of its inspect that sparkjoy reads, with
+the mark in the engine's event log from which their changes are read (``EventMark``).
 
 Every write is one transaction, so a crash leaves the previous state, never half of a
 new one. A database that cannot be read (corrupt, not a database, wrong schema) is
@@ -30,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from .engine.base import EventMark
 from .planner import Memory
 
 log = logging.getLogger("sparkjoy.state")
@@ -59,6 +62,17 @@ CREATE TABLE IF NOT EXISTS histories (
     image_id TEXT NOT NULL,
     steps TEXT NOT NULL,        -- JSON: the image's history steps, [{"Size": int, "CreatedBy": "RUN"}]
     PRIMARY KEY (engine, image_id)
+);
+CREATE TABLE IF NOT EXISTS inspects (
+    engine TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    inspect TEXT NOT NULL,      -- JSON: the fields of the image's inspect that sparkjoy reads
+    PRIMARY KEY (engine, image_id)
+);
+CREATE TABLE IF NOT EXISTS inspect_marks (
+    engine TEXT PRIMARY KEY,
+    events_since INTEGER NOT NULL, -- engine unix nanoseconds: its events from then on say what changed
+    anchor TEXT                    -- the newest event read then, "timeNano Type Action id"
 );
 CREATE TABLE IF NOT EXISTS engines (
     engine TEXT PRIMARY KEY,
@@ -291,6 +305,46 @@ class State:
                                  [(self.engine, i, json.dumps(steps, separators=(",", ":")))
                                   for i, steps in rows.items() if i not in stored])
 
+    # -- image inspects (a cache the engine's events keep true) --------------------------
+
+    @_recovering(lambda: ({}, None))
+    def inspects(self) -> tuple[dict[str, dict], EventMark | None]:
+        """Given what the last one-shot run read, return image id -> its inspect (the fields
+        sparkjoy reads) and where in the engine's events that run ended, from which the events
+        tell which of them changed since (None: nothing usable is stored)."""
+        with self._lock:
+            mark = self._db.execute(
+                "SELECT events_since, anchor FROM inspect_marks WHERE engine = ?", (self.engine,)).fetchone()
+            if mark is None or not isinstance(mark[0], int):
+                return {}, None
+            rows = self._db.execute(
+                "SELECT image_id, inspect FROM inspects WHERE engine = ?", (self.engine,)).fetchall()
+        found: dict[str, dict] = {}
+        for image_id, inspect in rows:
+            try:
+                decoded = json.loads(inspect)
+            except ValueError:
+                continue  # unreadable row: inspected again
+            if isinstance(decoded, dict):
+                found[image_id] = decoded
+        return found, EventMark(mark[0], mark[1] if isinstance(mark[1], str) else None)
+
+    @_recovering(None)
+    def save_inspects(self, inspects: Mapping[str, dict], mark: EventMark | None) -> None:
+        """Keep exactly these images' inspects (the images the engine has now) with where in the
+        engine's events a later run must start reading to trust them; with no mark, keep none."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM inspects WHERE engine = ?", (self.engine,))
+            self._db.execute("DELETE FROM inspect_marks WHERE engine = ?", (self.engine,))
+            if mark is None:
+                return
+            self._db.executemany(
+                "INSERT INTO inspects (engine, image_id, inspect) VALUES (?, ?, ?)",
+                [(self.engine, i, json.dumps(v, separators=(",", ":"))) for i, v in inspects.items()
+                 if isinstance(v, dict)])
+            self._db.execute("INSERT INTO inspect_marks (engine, events_since, anchor) VALUES (?, ?, ?)",
+                             (self.engine, int(mark.since_nanos), mark.anchor))
+
     # -- events and prunes --------------------------------------------------------------
 
     def _engine_row(self) -> tuple[int | None, float | None, int, int]:
@@ -390,6 +444,8 @@ def _connect(target: str) -> sqlite3.Connection:
             # A table from another program with our names but other columns is caught here.
             connection.execute("SELECT engine, image_id, first_seen, last_used FROM images LIMIT 1").fetchall()
             connection.execute("SELECT engine, image_id, steps FROM histories LIMIT 1").fetchall()
+            connection.execute("SELECT engine, image_id, inspect FROM inspects LIMIT 1").fetchall()
+            connection.execute("SELECT engine, events_since, anchor FROM inspect_marks LIMIT 1").fetchall()
             connection.execute(
                 "SELECT engine, last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines LIMIT 1"
             ).fetchall()

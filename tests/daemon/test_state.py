@@ -194,3 +194,45 @@ def test_a_cache_user_opening_an_unusable_location_gets_no_warning(tmp_path: Pat
     assert not state.persistent
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert state.histories() == {}
+
+
+def test_image_inspects_are_kept_with_their_event_mark_per_engine(tmp_path: Path) -> None:
+    from sparkjoy.engine.base import EventMark
+
+    path = tmp_path / "state.db"
+    state = State.open(path, "unix:///e1")
+    assert state.inspects() == ({}, None)
+    mark = EventMark(1_796_000_000_123_456_000, "1796000000000000001 image tag sha256:a")
+    state.save_inspects({"sha256:a": {"Id": "sha256:a", "RepoTags": ["app:1"]}, "sha256:b": {"Id": "sha256:b"}}, mark)
+    State.open(path, "unix:///e2").save_inspects({"sha256:c": {"Id": "sha256:c"}}, EventMark(5))
+    state.close()
+
+    reopened = State.open(path, "unix:///e1")
+    assert reopened.inspects() == ({"sha256:a": {"Id": "sha256:a", "RepoTags": ["app:1"]},
+                                    "sha256:b": {"Id": "sha256:b"}}, mark)
+    # Saved again: exactly the images given, with the new mark.
+    reopened.save_inspects({"sha256:b": {"Id": "sha256:b"}}, EventMark(7))
+    assert reopened.inspects() == ({"sha256:b": {"Id": "sha256:b"}}, EventMark(7))
+    # No mark (the engine's clock was not known): nothing may be trusted, so nothing is kept.
+    reopened.save_inspects({"sha256:b": {"Id": "sha256:b"}}, None)
+    assert reopened.inspects() == ({}, None)
+    assert State.open(path, "unix:///e2").inspects() == ({"sha256:c": {"Id": "sha256:c"}}, EventMark(5))
+
+
+def test_an_unreadable_inspect_row_is_left_out_not_an_error(tmp_path: Path) -> None:
+    from sparkjoy.engine.base import EventMark
+
+    state = State.open(tmp_path / "state.db", "unix:///e1")
+    state.save_inspects({"sha256:a": {"Id": "sha256:a"}}, EventMark(3))
+    state._db.execute("INSERT INTO inspects VALUES ('unix:///e1', 'sha256:b', 'not json')")
+    state._db.execute("INSERT INTO inspects VALUES ('unix:///e1', 'sha256:c', '[1]')")
+    assert state.inspects() == ({"sha256:a": {"Id": "sha256:a"}}, EventMark(3))
+
+
+def test_an_event_mark_reads_from_its_anchor_and_from_the_start_when_the_anchor_is_unreadable() -> None:
+    from sparkjoy.engine.base import EventMark
+
+    assert EventMark(50).start_nanos == 50
+    assert EventMark(50, "40 image tag sha256:a").start_nanos == 40
+    assert EventMark(50, "60 image tag sha256:a").start_nanos == 50
+    assert EventMark(50, "garbage").start_nanos == 0

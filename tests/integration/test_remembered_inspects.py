@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sparkjoy.daemon.events import changed_object
+from sparkjoy.engine.convert import changed_object
 from sparkjoy.engine.connect import resolve
 from sparkjoy.engine.docker_engine import DockerEngine
 

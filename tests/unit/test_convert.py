@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkjoy.engine.convert import (
+    image_inspect_essentials,
     EMPTY_LAYER_DIFF_ID,
     as_int,
     build_cache_from,
@@ -434,3 +435,50 @@ def test_the_history_cache_keeps_the_instruction_never_the_command() -> None:
                     {"Size": 9, "CreatedBy": ""}]
     assert "s3cret" not in repr(kept)
     assert history_steps({"Size": 1}) is None
+
+
+# -- the inspect a remembered answer keeps ---------------------------------------------------
+
+_ANY = st.one_of(st.none(), st.integers(-2, 3), st.text(max_size=4), st.booleans(),
+                 st.lists(st.sampled_from(["sha256:a", "sha256:b", "app:1", "<none>:<none>", 3]), max_size=3),
+                 st.dictionaries(st.sampled_from(["LastTagTime", "Layers", "Labels", "Env"]),
+                                 st.one_of(st.text(max_size=3), st.lists(st.sampled_from(["sha256:a", "x"]), max_size=2),
+                                           st.dictionaries(st.sampled_from(["a", "b"]), st.text(max_size=2))),
+                                 max_size=3))
+_INSPECT = st.one_of(
+    st.dictionaries(st.sampled_from(["Id", "RepoTags", "Created", "Size", "Parent", "Metadata", "RootFS", "Config",
+                                     "ContainerConfig", "Comment", "Author"]), _ANY, max_size=8),
+    st.fixed_dictionaries({
+        "Id": st.just("sha256:1"),
+        "RepoTags": st.lists(st.sampled_from(["app:1", "app:2"]), max_size=2),
+        "Created": st.sampled_from(["2026-11-01T10:00:00.5Z", "0001-01-01T00:00:00Z"]),
+        "Size": st.integers(0, 9),
+        "Metadata": st.fixed_dictionaries({"LastTagTime": st.sampled_from(["2026-11-02T10:00:00Z", ""])}),
+        "RootFS": st.fixed_dictionaries({"Layers": st.lists(st.sampled_from(["sha256:a", "sha256:b"]), max_size=3)}),
+        "Config": st.fixed_dictionaries({"Labels": st.dictionaries(st.sampled_from(["team"]), st.text(max_size=2)),
+                                         "Env": st.just(["TOKEN=s3cret"]), "Cmd": st.just(["/bin/sh"])}),
+    }),
+    st.none(), st.integers(), st.text(max_size=3),
+)
+_SUMMARY = st.fixed_dictionaries({"Id": st.just("sha256:1"), "Size": st.integers(-1, 9),
+                                  "SharedSize": st.integers(-1, 9), "RepoTags": st.lists(st.just("app:1"), max_size=1)})
+
+
+@settings(max_examples=2000)
+@given(_INSPECT, _SUMMARY, st.lists(_STEP, max_size=4))
+def test_a_remembered_inspect_gives_the_same_image_as_the_whole_answer(inspect, summary, steps) -> None:
+    kept = image_inspect_essentials(inspect)
+    size = summary["Size"]
+    assert layers_from(kept, steps, size) == layers_from(inspect, steps, size)
+    assert image_from(summary, kept, ()) == image_from(summary, inspect, ())
+
+
+def test_a_remembered_inspect_keeps_no_environment_or_command() -> None:
+    kept = image_inspect_essentials({
+        "Id": "sha256:1", "RepoTags": ["app:1"], "Metadata": {"LastTagTime": "2026-11-02T10:00:00Z", "Other": 1},
+        "Config": {"Env": ["TOKEN=s3cret"], "Cmd": ["/bin/sh", "-c", "s3cret"], "Labels": {"team": "a"}},
+        "ContainerConfig": {"Env": ["TOKEN=s3cret"]}, "RootFS": {"Type": "layers", "Layers": ["sha256:a"]},
+    })
+    assert "s3cret" not in json.dumps(kept)
+    assert kept == {"Id": "sha256:1", "RepoTags": ["app:1"], "Metadata": {"LastTagTime": "2026-11-02T10:00:00Z"},
+                    "Config": {"Labels": {"team": "a"}}, "RootFS": {"Layers": ["sha256:a"]}}

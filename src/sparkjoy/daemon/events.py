@@ -96,27 +96,6 @@ def observe(event: Any) -> Observation | None:
     return None
 
 
-def changed_object(event: Any) -> str | None | bool:
-    """Given one decoded engine event, return the id of the image or container it changed,
-    None when it changed an image it names only by reference (a pull of ``app:1``), or
-    False when it changed neither. What a remembered inspect must be forgotten for.
-
-    Example: ``{"Type": "image", "Action": "tag", "id": "sha256:ab"}`` -> ``"sha256:ab"``.
-    """
-    if not isinstance(event, Mapping):
-        return None  # unreadable: anything may have changed
-    kind = event.get("Type")
-    if kind not in ("image", "container"):
-        return False
-    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
-    object_id = event.get("id") or actor.get("ID") or ""
-    if not isinstance(object_id, str) or not object_id:
-        return None
-    if kind == "image" and not object_id.startswith("sha256:"):
-        return None
-    return object_id
-
-
 class Resolver(Protocol):
     """The questions the interpreter asks the engine. Each returns None when the object is gone."""
 

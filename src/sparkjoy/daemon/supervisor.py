@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from .. import config
 from ..engine.connect import resolve
+from ..engine.convert import changed_object
 from ..engine.docker_engine import DockerEngine
 from ..errors import ConfigError, EngineError, EngineUnreachable, SparkjoyError
 from ..executor import Executor, ObjectResult, Outcome, RunResult
@@ -48,7 +49,7 @@ from ..planner import plan as make_plan
 from ..policy import Policy
 from ..state import State
 from ..units import format_bytes, format_duration
-from .events import DockerResolver, EventInterpreter, EventStream, changed_object, observe
+from .events import DockerResolver, EventInterpreter, EventStream, observe
 from .settings import DaemonSettings, lock_path
 from .triggers import Decision, Situation, Trigger, TriggerSettings, decide, due_trigger
 from .watermarks import Eviction, eviction_policy, plan_eviction

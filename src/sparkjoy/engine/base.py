@@ -25,6 +25,26 @@ class ImageState:
     last_tag_time: datetime | None = None
 
 
+@dataclass(frozen=True)
+class EventMark:
+    """Where in the engine's event log a run ended: the engine's clock then (unix nanoseconds),
+    from which the events say what changed since, and the newest event the run read
+    (``"timeNano Type Action id"``), which the next run must find again: if it is gone, the
+    engine lost its event buffer (a restart)."""
+
+    since_nanos: int
+    anchor: str | None = None
+
+    @property
+    def start_nanos(self) -> int:
+        """Where the next run reads from: the anchor's time when there is one, so that the answer
+        holds the anchor itself (0, the whole buffer, for an anchor that cannot be read)."""
+        if not self.anchor:
+            return self.since_nanos
+        nanos = self.anchor.split(" ", 1)[0]
+        return min(int(nanos), self.since_nanos) if nanos.isdigit() else 0
+
+
 class Engine(Protocol):
     host: str
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterable
 
 from ..model import BuildCacheRecord, Container, ContainerState, Image, Layer, Volume
 
@@ -324,3 +325,44 @@ def volume_from(entry: Mapping[str, Any]) -> Volume:
         ref_count=as_int(usage.get("RefCount"), -1),
         labels=as_labels(entry.get("Labels")),
     )
+
+
+def changed_object(event: Any) -> str | None | bool:
+    """Given one decoded engine event, return the id of the image or container it changed,
+    None when it changed an image it names only by reference (a pull of ``app:1``), or
+    False when it changed neither. What a remembered inspect must be forgotten for.
+
+    Example: ``{"Type": "image", "Action": "tag", "id": "sha256:ab"}`` -> ``"sha256:ab"``.
+    """
+    if not isinstance(event, Mapping):
+        return None  # unreadable: anything may have changed
+    kind = event.get("Type")
+    if kind not in ("image", "container"):
+        return False
+    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
+    object_id = event.get("id") or actor.get("ID") or ""
+    if not isinstance(object_id, str) or not object_id:
+        return None
+    if kind == "image" and not object_id.startswith("sha256:"):
+        return None
+    return object_id
+
+
+# What `image_from` and `layers_from` read of an image's inspect: all a remembered inspect keeps
+# (the daemon's, in memory, and the one-shot commands', in the state database). Config is
+# left out but for its labels: it holds the image's environment, which may hold secrets.
+def image_inspect_essentials(inspect: Any) -> Any:
+    """Given an image's inspect answer, return only the fields sparkjoy reads (not a mapping: as is)."""
+    if not isinstance(inspect, Mapping):
+        return inspect
+    kept = {key: inspect[key] for key in ("Id", "RepoTags", "Created", "Size", "Parent") if key in inspect}
+    metadata = inspect.get("Metadata")
+    if isinstance(metadata, Mapping) and "LastTagTime" in metadata:
+        kept["Metadata"] = {"LastTagTime": metadata["LastTagTime"]}
+    rootfs = inspect.get("RootFS")
+    if isinstance(rootfs, Mapping) and "Layers" in rootfs:
+        kept["RootFS"] = {"Layers": rootfs["Layers"]}
+    config = inspect.get("Config")
+    if isinstance(config, Mapping) and config.get("Labels"):
+        kept["Config"] = {"Labels": config["Labels"]}
+    return kept

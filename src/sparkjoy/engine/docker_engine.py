@@ -9,8 +9,14 @@ one-shot commands keep it across runs in the state database (``know_histories``,
 A long-lived owner that follows the engine's event stream (the daemon) can ask for the
 inspects to be remembered too (``remember_inspects=True``): a later snapshot then asks only
 about objects the engine said changed (``forget``), so an idle engine costs one
-``/system/df`` per snapshot. Deletions never use remembered answers: the executor's
-re-checks always ask the engine.
+``/system/df`` per snapshot. The one-shot commands do the same across runs
+(``know_inspects``, ``remembered_inspects``): a run reads the engine's events since the
+last run ended (one call), and inspects again every image they name, or all of them when
+the events cannot tell (see ``_catch_up``). An image whose tags in the listing differ from
+the remembered ones is inspected again in any case. Deletions never use remembered answers:
+the executor's re-checks always ask the engine, so an answer remembered wrongly can make a
+plan keep too much or name an image that the re-check then keeps, never delete one it
+should not.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
 import docker
@@ -29,10 +35,12 @@ import requests
 from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from ..model import Container, ContainerState, Image, Snapshot
 from . import convert
-from .base import ImageState
+from .base import EventMark, ImageState
 from .connect import Connection, resolve
 
 T = TypeVar("T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 
 DEFAULT_TIMEOUT = 600  # seconds: listing or pruning a big engine is slow; a short timeout breaks it
 INSPECT_WORKERS = 8
@@ -40,6 +48,12 @@ INSPECT_WORKERS = 8
 # `docker system df`, at once). The call only reads, so a 5xx is retried after a short wait.
 DF_RETRIES = 4
 DF_RETRY_WAIT_S = 0.1  # doubled each time: at most 1.5 s in all
+# The engine answers `GET /events?since=` from a buffer of its last 256 events (moby's
+# daemon/events: eventsLimit); an answer that long may have lost the oldest.
+EVENT_BUFFER = 256
+# Past events come at once; waiting longer than this for them means the engine is not ending
+# the answer (then the remembered inspects are not used).
+EVENTS_TIMEOUT_S = 10
 
 
 def _hint(connection: Connection, cause: str) -> str:
@@ -104,6 +118,14 @@ class DockerEngine:
         self._history_cache: dict[str, Any] = {}
         # Snapshot inspects by image or container id, while the owner says nothing changed.
         self._remembered: dict[str, Any] | None = {} if remember_inspects else None
+        # Remembered inspects of an earlier run: trusted only after reading the engine's events
+        # since that run's mark, at the next snapshot; the newest event read, for the next mark.
+        self._catching_up = False
+        self._mark: EventMark | None = None
+        self._anchor: str | None = None
+        # The engine's clock (unix nanoseconds) right after the last snapshot's listing, when it
+        # caught up with the events.
+        self._snapshot_engine_time: int | None = None
         try:
             self.api = _APIClient(
                 base_url=connection.base_url,
@@ -146,11 +168,114 @@ class DockerEngine:
         else:
             self._remembered.pop(object_id, None)
 
+    def know_inspects(self, inspects: Mapping[str, Any], mark: EventMark | None) -> None:
+        """Given image id -> inspect as an earlier run of this engine read them (``State.inspects``)
+        and where in the engine's events that run ended (None: there was no such run), use them
+        for the images the events since then do not name. The events are read at the next
+        snapshot (one call); with no mark, that call only finds where this run ends."""
+        if self._remembered is None:
+            self._remembered = {}
+        if mark is not None:
+            self._remembered.update((i, v) for i, v in inspects.items() if isinstance(v, dict))
+        self._catching_up = True
+        self._mark = mark
+
+    def remembered_inspects(self, snapshot: Snapshot) -> tuple[dict[str, Any], EventMark | None]:
+        """Given a snapshot this engine took after ``know_inspects``, return its images' inspects
+        (the fields sparkjoy reads) and where a later run must start reading events to trust
+        them (None when the engine's clock is unknown: then they must not be used)."""
+        known = self._remembered or {}
+        inspects = {i.id: known[i.id] for i in snapshot.images if isinstance(known.get(i.id), dict)}
+        clock = self._snapshot_engine_time
+        return inspects, (EventMark(clock, self._anchor) if clock is not None else None)
+
+    def _catch_up(self, mark: EventMark | None) -> None:
+        """Forget the remembered inspects that the engine's events since ``mark`` say changed;
+        all of them when the events cannot tell: no engine clock, an error, an answer as long
+        as the engine's buffer (older events may be lost), the mark's last event missing from
+        it (the engine restarted, and lost its buffer), or an image event that names no image
+        ID (a pull names a reference). Keeps the newest event read as the next mark's anchor.
+        Called right after the listing: the events up to the engine's clock now cover every
+        change before it, and that clock is where the next run's events start."""
+        self._anchor = None
+        until = self._snapshot_engine_time = self._engine_clock()
+        since = 0 if mark is None else mark.start_nanos
+        if until is None or until < since:
+            self.forget()
+            return
+        try:
+            events = self._call(
+                "read the events since the last run (GET /events)",
+                lambda: self._events_between(since, until),
+            )
+        except EngineError:
+            self.forget()
+            return
+        anchors = [_anchor_of(event) for event in events]
+        self._anchor = next((a for a in reversed(anchors) if a is not None), None)
+        if mark is None:
+            return  # nothing remembered: the events only say where this run ends
+        # Read from the anchor's time on, the events hold the anchor itself, unless it was lost.
+        if len(events) >= EVENT_BUFFER or (mark.anchor is not None and mark.anchor not in anchors):
+            self.forget()
+            return
+        for event in events:
+            nanos = event.get("timeNano") if isinstance(event, Mapping) else None
+            if isinstance(nanos, int) and nanos < mark.since_nanos:
+                continue  # the anchor, or another event the last run read already
+            changed = convert.changed_object(event)
+            if changed is None:
+                self.forget()
+                return
+            if changed:
+                self.forget(changed)
+
+    def _events_between(self, since: int, until: int) -> list:
+        """The engine's buffered events from ``since`` to ``until`` (unix nanoseconds, ``until`` in
+        the past, so the engine ends the answer). The SDK's ``events()`` waits without a timeout,
+        for a stream that is meant to last: an engine that kept this one open would hang the run."""
+        params = {"since": _seconds_text(since), "until": _seconds_text(until)}
+        response = self.api._get(self.api._url("/events"), params=params, stream=True, timeout=EVENTS_TIMEOUT_S)
+        try:
+            self.api._raise_for_status(response)
+            return list(self.api._stream_helper(response, decode=True))
+        finally:
+            response.close()
+
+    def _engine_clock(self) -> int | None:
+        """The engine's clock now, in unix nanoseconds (to the microsecond), from ``GET /info``'s
+        SystemTime (the Date header has whole seconds only), or None when it does not say."""
+        try:
+            info = self._call("read the engine's clock (GET /info)", self.api.info)
+        except EngineError:
+            return None
+        text = info.get("SystemTime") if isinstance(info, dict) else None
+        moment = convert.parse_time(text)
+        if moment is None:
+            return None
+        return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+    def _forget_retagged(self, image_entries: list[dict]) -> None:
+        """Forget remembered image inspects whose tags differ from the listing's (a tag added,
+        moved or removed since they were read)."""
+        known = self._remembered
+        if not known:
+            return
+        for entry in image_entries:
+            inspect = known.get(entry["Id"])
+            if isinstance(inspect, dict) and sorted(
+                convert.real_tags(convert.as_strings(inspect.get("RepoTags")))
+            ) != sorted(convert.real_tags(convert.as_strings(entry.get("RepoTags")))):
+                del known[entry["Id"]]
+
     def _inspect(self, what: str, object_id: str, fn: Callable[[], Any]) -> Any:
-        """Inspect for a snapshot: the remembered answer when there is one."""
+        """Inspect for a snapshot: the remembered answer when there is one. Of an image, only
+        the fields sparkjoy reads are kept (``convert.image_inspect_essentials``)."""
         if self._remembered is not None and object_id in self._remembered:
             return self._remembered[object_id]
         answer = self._call(f"inspect {what} {object_id}", fn)
+        if what == "image":
+            answer = convert.image_inspect_essentials(answer)
         if self._remembered is not None and isinstance(answer, dict):
             self._remembered[object_id] = answer
         return answer
@@ -223,6 +348,13 @@ class DockerEngine:
             v for v in (convert.volume_from(e) for e in df.get("Volumes") or [] if isinstance(e, dict)) if v.name
         )
         any_shared_record = any(r.shared and r.size > 0 for r in records)
+        if self._catching_up:
+            self._catching_up = False
+            self._catch_up(self._mark)
+        self._forget_retagged(image_entries)
+
+        def needs_layers(entry: dict) -> bool:
+            return convert.as_int(entry.get("SharedSize"), 0) != 0 or any_shared_record
 
         def read_image(entry: dict):
             image_id = entry["Id"]
@@ -232,7 +364,7 @@ class DockerEngine:
                 return None  # deleted since the listing
             layers: tuple = ()
             size = convert.as_int(entry.get("Size"), -1)
-            if convert.as_int(entry.get("SharedSize"), 0) != 0 or any_shared_record:
+            if needs_layers(entry):
                 layers = convert.layers_from(inspect, self._history(image_id), size)
             return convert.image_from(entry, inspect, layers)
 
@@ -246,9 +378,19 @@ class DockerEngine:
                     return None
             return convert.container_from(entry, inspect)
 
+        known = self._remembered or {}
+
+        def image_asks(entry: dict) -> bool:
+            return entry["Id"] not in known or (needs_layers(entry) and entry["Id"] not in self._history_cache)
+
+        def container_asks(entry: dict) -> bool:
+            return entry["Id"] not in known
+
         with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
-            images = tuple(i for i in pool.map(read_image, image_entries) if i is not None)
-            containers = tuple(c for c in pool.map(read_container, container_entries) if c is not None)
+            images = tuple(i for i in _read_all(pool, read_image, image_entries, image_asks) if i is not None)
+            containers = tuple(
+                c for c in _read_all(pool, read_container, container_entries, container_asks) if c is not None
+            )
         images = self._with_listed_parents(images)
 
         if self._remembered is not None and "version" in self._remembered:
@@ -433,6 +575,38 @@ class DockerEngine:
 
     def remove_volume(self, name: str) -> None:
         self._call(f"remove volume {name}", lambda: self.api.remove_volume(name, force=False))
+
+
+def _read_all(pool: ThreadPoolExecutor, read: Callable[[dict], T], entries: list[dict],
+              asks: Callable[[dict], bool]) -> list[T]:
+    """Given entries and how to read each, return the readings in the entries' order: those that
+    may ask the engine (``asks``) in the pool, the others (answers remembered) right here, where
+    handing them to a thread would cost more than reading them."""
+    results: list[Any] = [None] * len(entries)
+    asking = [index for index, entry in enumerate(entries) if asks(entry)]
+    for index, reading in zip(asking, pool.map(lambda index: read(entries[index]), asking)):
+        results[index] = reading
+    asked = set(asking)
+    for index, entry in enumerate(entries):
+        if index not in asked:
+            results[index] = read(entry)
+    return results
+
+
+def _anchor_of(event: Any) -> str | None:
+    """Given a decoded event, return what identifies it in the engine's buffer, or None."""
+    if not isinstance(event, Mapping):
+        return None
+    nanos = event.get("timeNano")
+    if not isinstance(nanos, int) or isinstance(nanos, bool) or nanos <= 0:
+        return None
+    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
+    return f"{nanos} {event.get('Type')} {event.get('Action')} {event.get('id') or actor.get('ID') or ''}"
+
+
+def _seconds_text(nanos: int) -> str:
+    """Given unix nanoseconds, return the API's ``seconds.nanoseconds`` form (``since``, ``until``)."""
+    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
 
 
 def _answered_badly(cause: BaseException | None) -> bool:

@@ -1,0 +1,168 @@
+"""A second `sparkjoy df` or `prune --dry-run` inspects only the images that changed since the
+first (issue 5: `df` on a second run): the one-shot commands keep the images' inspects in the
+state database with a mark in the engine's event log, and the next run reads the events since
+that mark (one call) and inspects again what they name. When the events cannot tell what
+changed (an error, an answer as long as the engine's event buffer, a pull that names only a
+reference, an engine restart that lost the buffer), every image is inspected again.
+
+Counted through a proxy in front of the real test engine (each proxy is an engine address of
+its own, so its state starts empty); the restart case talks to the engine directly, as a
+restart ends a proxy's connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import closing
+from typing import Callable
+
+import pytest
+
+from sparkjoy import state
+
+from tests.faultproxy import Exchange, FaultProxy, Rule, delay, respond
+from tests.fixtures import import_image
+from tests.integration.support import cli, json_object, parse_engine_time, tag
+
+MB = 1_000_000
+
+
+def _count_inspects(proxy: FaultProxy) -> Rule:
+    """A rule that only counts: every image inspect passes through untouched."""
+    return proxy.add(Rule("GET", r"^/images/[^/]+/json$", lambda exchange: exchange.relay(), name="inspect"))
+
+
+class _Through:
+    """The test engine as seen through the proxy: what `cli` needs of an engine."""
+
+    def __init__(self, proxy: FaultProxy):
+        self.host = proxy.host
+
+
+def _seen(data: dict, image_id: str) -> tuple[list[str], str | None]:
+    found = json_object(data, image_id)
+    return sorted(found["names"]), found["reference_time"]
+
+
+def test_a_second_run_inspects_only_the_images_the_events_say_changed(clean_engine):
+    a = import_image(clean_engine, MB, "across/a:1", seed=61)
+    b = import_image(clean_engine, MB, "across/b:1", seed=62)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        first = cli(through, "df", "-v")
+        assert inspects.matched >= 2
+
+        before = inspects.matched
+        second = cli(through, "prune", "--dry-run")
+        assert inspects.matched == before, "nothing changed: no image inspected again"
+        assert _seen(second, a) == _seen(first, a) and _seen(second, b) == _seen(first, b)
+
+        tag(clean_engine, a, "across/a:1")  # the same tag again: only its last-tag time moves
+        before = inspects.matched
+        third = cli(through, "df", "-v")
+        assert inspects.matched == before + 1, "only the re-tagged image is inspected again"
+        names, when = _seen(third, a)
+        assert names == ["across/a:1"]
+        assert parse_engine_time(when) > parse_engine_time(_seen(first, a)[1])
+        assert _seen(third, b) == _seen(first, b)
+
+        tag(clean_engine, b, "across/b:2")
+        fourth = cli(through, "df", "-v")
+        assert _seen(fourth, b)[0] == ["across/b:1", "across/b:2"]
+        assert _seen(fourth, a) == _seen(third, a)
+
+        # What is kept is what sparkjoy reads of an inspect: never the image's command or config.
+        db = state.default_path(os.environ)
+        with closing(sqlite3.connect(db)) as database:
+            rows = dict(database.execute("SELECT image_id, inspect FROM inspects WHERE engine = ?",
+                                         (proxy.host,)))
+    assert set(rows) == {a, b}
+    for row in rows.values():
+        kept = json.loads(row)
+        assert set(kept) <= {"Id", "RepoTags", "Created", "Size", "Parent", "Metadata", "RootFS", "Config"}
+        assert "Cmd" not in row and "/bin" not in row
+
+
+def _network_events(count: int) -> bytes:
+    """``count`` events of now (so after the last run's mark), about something no image is."""
+    line = {"Type": "network", "Action": "connect", "id": "n0", "Actor": {"ID": "n0"}, "scope": "local"}
+    now = time.time_ns()
+    return b"".join(json.dumps({**line, "timeNano": now + i}).encode() + b"\n" for i in range(count))
+
+
+def _pull() -> bytes:
+    return json.dumps({"Type": "image", "Action": "pull", "id": "busybox:latest",
+                       "Actor": {"ID": "busybox:latest"}, "timeNano": time.time_ns()}).encode() + b"\n"
+
+
+def _more_events(extra: Callable[[], bytes]) -> Callable[[Exchange], None]:
+    """An action: the engine's events, then ``extra()``, in a chunked stream as the engine sends
+    events (the SDK reads an answer of another framing as one JSON document)."""
+
+    def action(exchange: Exchange) -> None:
+        response = exchange.fetch()
+        body = response.body + extra()
+        head = response.head(None)[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+        exchange.send(head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+
+    return action
+
+
+# The engine's own answer is kept in each (so the last run's newest event is still in it).
+CANNOT_TELL = {
+    "the events call fails": respond(500),
+    "the events answer does not come (the run waits 10 s, not forever)": delay(60),
+    "as many events as the engine's buffer holds": _more_events(lambda: _network_events(256)),
+    "a pull, which names a reference and no image ID": _more_events(_pull),
+}
+
+
+def test_events_about_other_objects_ask_nothing_again(clean_engine):
+    import_image(clean_engine, MB, "across/a:1", seed=66)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        cli(through, "df")
+        proxy.add(Rule("GET", r"^/events$", _more_events(lambda: _network_events(10))))
+        before = inspects.matched
+        cli(through, "df")
+        assert inspects.matched == before
+
+
+@pytest.mark.parametrize("fault", CANNOT_TELL, ids=list(CANNOT_TELL))
+def test_when_the_events_cannot_tell_what_changed_every_image_is_inspected_again(clean_engine, fault):
+    a = import_image(clean_engine, MB, "across/a:1", seed=63)
+    b = import_image(clean_engine, MB, "across/b:1", seed=64)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        first = cli(through, "df", "-v")
+        events = proxy.add(Rule("GET", r"^/events$", CANNOT_TELL[fault], times=1))
+        before = inspects.matched
+        started = time.monotonic()
+        second = cli(through, "df", "-v")
+        assert time.monotonic() - started < 45, "the run gave up on the events (after 10 s), not waited for them"
+        assert events.fired == 1
+        assert inspects.matched - before == 2, "both images inspected again"
+        assert _seen(second, a) == _seen(first, a) and _seen(second, b) == _seen(first, b)
+
+        if fault.startswith(("the events call fails", "the events answer does not come")):
+            # The run after that trusts the events again. (After the others it cannot: their
+            # newest event, made up here, is not in the engine's buffer for the next run to find.)
+            before = inspects.matched
+            cli(through, "df", "-v")
+            assert inspects.matched == before
+
+
+def test_a_restart_that_lost_the_engines_events_is_noticed(clean_engine):
+    a = import_image(clean_engine, MB, "across/a:1", seed=65)
+    first = cli(clean_engine, "df", "-v")  # its mark: the newest event it read (a's tag, at least)
+    tag(clean_engine, a, "across/a:1")  # tagged again, and then the event of it lost:
+    clean_engine.restart()
+    second = cli(clean_engine, "df", "-v")
+    assert parse_engine_time(_seen(second, a)[1]) > parse_engine_time(_seen(first, a)[1]), (
+        "the engine's events since the last run are gone, so a's remembered inspect must not be used")
