@@ -28,9 +28,41 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
-import docker
-import docker.errors
-import requests
+import importlib
+import importlib.util
+import sys
+import types
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until its first attribute is asked for, then
+    imports it for real (which takes its place there) and answers from it."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+def _import_on_first_use(name: str) -> None:
+    """Make ``import name`` cheap until the module is used, unless it is loaded already or not
+    installed (then ``import name`` still fails at once).
+
+    The SDK imports paramiko, for ssh:// engines, whenever it is imported: a tenth of a second,
+    a third of the start-up of every command, for the many that never reach an engine over ssh.
+    It uses paramiko only inside functions, so the real import now happens at the first ssh://
+    connection. (The standard library's LazyLoader does not help: on Python 3.11 a second
+    ``import`` of a lazy module reads its ``__spec__``, which loads it.)
+    """
+    if name not in sys.modules and importlib.util.find_spec(name) is not None:
+        sys.modules[name] = _OnFirstUse(name)
+
+
+_import_on_first_use("paramiko")
+
+import docker  # noqa: E402 (after paramiko is made cheap)
+import docker.errors  # noqa: E402
+import requests  # noqa: E402
 
 from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from ..model import Container, ContainerState, Image, Snapshot
