@@ -57,7 +57,9 @@ def test_a_remembering_engine_asks_again_only_about_what_changed(clean_engine):
         assert third[b] == _images(first)[b]
 
 
-def test_the_one_shot_commands_always_ask_the_engine(clean_engine):
+def test_an_engine_told_nothing_to_remember_always_asks(clean_engine):
+    """The library's default. (The one-shot commands remember across runs, checked against the
+    engine's events: test_remembered_across_runs.)"""
     engine = clean_engine
     a = import_image(engine, MB, "memo/a:1")
     with FaultProxy(engine.socket_path) as proxy:
