@@ -95,17 +95,24 @@ class LayerLedger:
         for image in snapshot.images:
             key = image_keys.setdefault(image.id, (Kind.IMAGE, image.id))
             if image.layers:
+                # Each layer's bytes are first counted as the image's own, by the image that shows
+                # it first; a layer that turns out to have other holders is taken back below.
+                alone = 0
                 previous = ""
                 for layer in image.layers:
                     chain_id = layer.chain_id
                     holders = layer_images.get(chain_id)
                     if holders is None:
                         layer_images[chain_id] = [key]
-                        layer_size[chain_id] = layer.size
+                        layer_size[chain_id] = size = layer.size
                         layer_parent[chain_id] = previous
+                        if size > 0:
+                            alone += size
                     else:
                         holders.append(key)
                     previous = chain_id
+                if alone:
+                    own[key] += alone
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
                 # part is this image's alone; the shared part is held by something else too, so
@@ -129,20 +136,18 @@ class LayerLedger:
             for chain_id in chain_ids:
                 layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
 
-        for chain_id, size in layer_size.items():
+        # The layers with other holders than the image that showed them first (in the order
+        # first seen): their bytes become a holding, no longer that image's own.
+        for chain_id in [c for c, images in layer_images.items() if len(images) > 1 or c in layer_records]:
+            size = layer_size[chain_id]
             if size <= 0:
                 continue
             images = layer_images[chain_id]
-            records = layer_records.get(chain_id)
-            if records is None and len(images) == 1:  # most layers: one image's alone
-                own[images[0]] += size
-                continue
             holders = tuple(dict.fromkeys(images)) if len(images) > 1 else tuple(images)
-            if records is not None:
-                holders += tuple(records)
-            if len(holders) == 1:  # one image listed twice
-                own[holders[0]] += size
-            else:
+            if chain_id in layer_records:
+                holders += tuple(layer_records[chain_id])
+            if len(holders) > 1:  # (one holder: an image that lists the layer twice)
+                own[images[0]] -= size
                 self._sizes.append(size)
                 self._holders.append(holders)
 
@@ -157,7 +162,8 @@ class LayerLedger:
         for volume in snapshot.volumes:
             if volume.size > 0:
                 own[(Kind.VOLUME, volume.name)] += volume.size
-        self._own = dict(own)
+        # An image all of whose layers turned out shared holds nothing alone.
+        self._own = {key: size for key, size in own.items() if size}
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
         """Given a build-cache record, return the chain ids of the layers it holds or may hold."""
@@ -243,6 +249,17 @@ def _match_records(
         matched[record.id] = candidates[0]
         return candidates[0]
 
-    for record_id in sorted(shared):
+    # A record of a size only one layer has holds that layer, whatever its parents: match
+    # those in listing order (the order they sit in memory). The others, in id order, as the
+    # parent walk of a loop of parents depends on where it starts.
+    several = []
+    for record_id, record in shared.items():
+        candidates = by_size.get(record.size)
+        if candidates is not None:
+            if len(candidates) == 1:
+                matched[record_id] = candidates[0]
+            else:
+                several.append(record_id)
+    for record_id in sorted(several):
         match(shared[record_id])
     return matched, ambiguous
