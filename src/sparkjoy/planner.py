@@ -182,8 +182,12 @@ class _Planner:
         deleted = [o for o in objects if o.decision is Decision.DELETE]
         deletion_order = [(o.kind, o.id) for o in deleted]
         freed = ledger.freed(deletion_order)
-        for o, freed_bytes in zip(deleted, map(freed.by_object.__getitem__, deletion_order)):
-            o.bytes = freed_bytes
+        by_object = freed.by_object
+        # by_object lists each deletion once, in deletion order: unless a key came twice, its
+        # values line up with the deletions, and no look-up is needed.
+        freed_bytes = by_object.values() if len(by_object) == len(deleted) else map(by_object.__getitem__, deletion_order)
+        for o, o_bytes in zip(deleted, freed_bytes):
+            o.bytes = o_bytes
         held = freed.held_by_cache
         if held:
             for o, key in zip(deleted, deletion_order):
@@ -348,25 +352,9 @@ class _Planner:
         # Which images a record holds matters only to a scope.
         holding = ledger.records_holding_images() if self._scoped else {}
         decide = self.decide_record
-        decisions = {record_id: decide(record, holding.get(record_id)) for record_id, record in records.items()}
-
-        # A record with a child that stays cannot be freed: BuildKit keeps parents of live
-        # records. Walk up from every kept record; each record turns to "keep" at most once.
-        stack = [r.parent for r in records.values() if r.parent and decisions[r.id][0] is Decision.KEEP]
-        while stack:
-            parent = stack.pop()
-            if parent in decisions and decisions[parent][0] is Decision.DELETE:
-                decisions[parent] = (Decision.KEEP, "parent of a cache record that stays", decisions[parent][2])
-                if records[parent].parent:
-                    stack.append(records[parent].parent)
-
         depths: dict[str, int] = {}
 
         def depth(record: BuildCacheRecord) -> int:
-            parent = record.parent
-            if parent in depths and parent != record.id:  # a parent listed first: known already
-                depths[record.id] = depths[parent] + 1
-                return depths[record.id]
             # Walk up to the first ancestor whose depth is known, then remember the chain walked.
             chain, seen, current = [record.id], {record.id}, record.parent
             while current and current in records and current not in seen and current not in depths:
@@ -380,16 +368,39 @@ class _Planner:
                 depths[record_id] = top + steps_below_top
             return depths[record.id]
 
-        # Children before parents (deepest first), then by id: each record's object is made
-        # in listing order and dealt into the list of its depth, and each list is sorted by id
-        # (ids are unique here: this is the order of one sort on (-depth, id), without a tuple
-        # per record). Listing order matters for speed: the engine lists parents first, so
-        # most depths are one step from a known one, and the records are read in the order
-        # they sit in memory (reading 200,000 records in id order costs three times as much).
+        # One pass in listing order (the order the records sit in memory, and parents usually
+        # first, so most depths are one step from a known one): decide each record, make its
+        # object, and deal it into the list of its depth. A depth depends only on the chain.
+        made: dict[str, _Unfrozen] = {}
         by_depth: dict[int, list[_Unfrozen]] = defaultdict(list)
+        kept_parents = []
         for record_id, r in records.items():
             names = (f"{r.type}: {r.description}" if r.description else r.type,)
-            by_depth[depth(r)].append(_Unfrozen(Kind.BUILD_CACHE, record_id, names, decisions[record_id], r.size))
+            made[record_id] = o = _Unfrozen(
+                Kind.BUILD_CACHE, record_id, names, decide(r, holding.get(record_id)), r.size
+            )
+            parent = r.parent
+            if parent in depths and parent != record_id:  # a parent listed first: known already
+                level = depths[record_id] = depths[parent] + 1
+            else:
+                level = depth(r)
+            by_depth[level].append(o)
+            if parent and o.decision is Decision.KEEP:
+                kept_parents.append(parent)
+
+        # A record with a child that stays cannot be freed: BuildKit keeps parents of live
+        # records. Walk up from every kept record; each record turns to "keep" at most once.
+        # (The reason names no child, so the order of the walk changes nothing.)
+        stack = kept_parents
+        while stack:
+            o = made.get(stack.pop())
+            if o is not None and o.decision is Decision.DELETE:
+                o.decision, o.reason = Decision.KEEP, "parent of a cache record that stays"
+                if records[o.id].parent:
+                    stack.append(records[o.id].parent)
+
+        # Children before parents (deepest first), then by id: each depth's list sorted by id
+        # (ids are unique here: the order of one sort on (-depth, id), without a tuple each).
         ordered: list[_Unfrozen] = []
         for level in sorted(by_depth, reverse=True):
             ordered += sorted(by_depth[level], key=attrgetter("id"))
