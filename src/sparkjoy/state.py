@@ -150,6 +150,7 @@ class State:
         self.persistent = persistent
         self._db = connection
         self._lock = threading.RLock()
+        self._inspects_read: dict[str, dict] = {}  # what ``inspects`` handed out, to save only changes
 
     # -- opening ------------------------------------------------------------------------
 
@@ -327,21 +328,30 @@ class State:
                 continue  # unreadable row: inspected again
             if isinstance(decoded, dict):
                 found[image_id] = decoded
+        self._inspects_read = dict(found)
         return found, EventMark(mark[0], mark[1] if isinstance(mark[1], str) else None)
 
     @_recovering(None)
     def save_inspects(self, inspects: Mapping[str, dict], mark: EventMark | None) -> None:
         """Keep exactly these images' inspects (the images the engine has now) with where in the
         engine's events a later run must start reading to trust them; with no mark, keep none."""
+        read, self._inspects_read = self._inspects_read, {}
         with self._lock, self._db:
-            self._db.execute("DELETE FROM inspects WHERE engine = ?", (self.engine,))
             self._db.execute("DELETE FROM inspect_marks WHERE engine = ?", (self.engine,))
             if mark is None:
+                self._db.execute("DELETE FROM inspects WHERE engine = ?", (self.engine,))
                 return
+            kept = {i: v for i, v in inspects.items() if isinstance(v, dict)}
+            stored = {row[0] for row in self._db.execute("SELECT image_id FROM inspects WHERE engine = ?",
+                                                         (self.engine,))}
+            self._db.executemany("DELETE FROM inspects WHERE engine = ? AND image_id = ?",
+                                 [(self.engine, i) for i in stored - kept.keys()])
+            # Only what this run read anew is written (and encoded): an answer handed out by
+            # ``inspects`` and given back unchanged is the very same object.
             self._db.executemany(
-                "INSERT INTO inspects (engine, image_id, inspect) VALUES (?, ?, ?)",
-                [(self.engine, i, json.dumps(v, separators=(",", ":"))) for i, v in inspects.items()
-                 if isinstance(v, dict)])
+                "INSERT OR REPLACE INTO inspects (engine, image_id, inspect) VALUES (?, ?, ?)",
+                [(self.engine, i, json.dumps(v, separators=(",", ":"))) for i, v in kept.items()
+                 if not (i in stored and read.get(i) is v)])
             self._db.execute("INSERT INTO inspect_marks (engine, events_since, anchor) VALUES (?, ?, ?)",
                              (self.engine, int(mark.since_nanos), mark.anchor))
 

@@ -236,3 +236,20 @@ def test_an_event_mark_reads_from_its_anchor_and_from_the_start_when_the_anchor_
     assert EventMark(50, "40 image tag sha256:a").start_nanos == 40
     assert EventMark(50, "60 image tag sha256:a").start_nanos == 50
     assert EventMark(50, "garbage").start_nanos == 0
+
+
+def test_saving_inspects_writes_only_what_changed_since_they_were_read(tmp_path: Path) -> None:
+    from sparkjoy.engine.base import EventMark
+
+    path = tmp_path / "state.db"
+    state = State.open(path, "unix:///e1")
+    state.save_inspects({"sha256:a": {"Id": "sha256:a"}, "sha256:b": {"Id": "sha256:b"}}, EventMark(1))
+    inspects, _ = state.inspects()
+    # A row changed behind the reader's back is not rewritten when the answer handed out comes back unchanged...
+    state._db.execute("UPDATE inspects SET inspect = '{\"Id\": \"sha256:a\", \"marker\": 1}' WHERE image_id = 'sha256:a'")
+    fresh_b = {"Id": "sha256:b", "RepoTags": ["b:2"]}  # ...while one read anew is
+    state.save_inspects({"sha256:a": inspects["sha256:a"], "sha256:b": fresh_b, "sha256:c": {"Id": "sha256:c"}},
+                        EventMark(2))
+    found, mark = State.open(path, "unix:///e1").inspects()
+    assert found == {"sha256:a": {"Id": "sha256:a", "marker": 1}, "sha256:b": fresh_b, "sha256:c": {"Id": "sha256:c"}}
+    assert mark == EventMark(2)
