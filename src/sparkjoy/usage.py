@@ -76,14 +76,16 @@ class LayerLedger:
     Bytes one object holds alone (most of them: an image's own layers, an unshared cache
     record, a writable layer, a volume) are summed per object in ``_own``: deleting that
     object frees them, whenever it goes. Bytes several objects hold are holdings:
-    ``_sizes[i]`` bytes held by the distinct objects ``_holders[i]``, two parallel lists,
-    not an object per holding. Holders are a tuple, not a set: a set costs four times the
+    ``_sizes[i]`` bytes held by the distinct objects ``_holders[i]`` (parallel lists, not an
+    object per holding). Holders are a tuple, not a set: a set costs four times the
     memory.
     """
 
     def __init__(self, snapshot: Snapshot):
         self._sizes: list[int] = []
         self._holders: list[tuple[ObjectKey, ...]] = []
+        # How many of each holding's holders are images: they come first, build-cache records after.
+        self._image_holders: list[int] = []
         own: dict[ObjectKey, int] = defaultdict(int)
         image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
         # chain id -> its size, the chain id below it, and the images holding it (in listing
@@ -138,18 +140,21 @@ class LayerLedger:
 
         # The layers with other holders than the image that showed them first (in the order
         # first seen): their bytes become a holding, no longer that image's own.
+        taken_back: list[ObjectKey] = []
         for chain_id in [c for c, images in layer_images.items() if len(images) > 1 or c in layer_records]:
             size = layer_size[chain_id]
             if size <= 0:
                 continue
             images = layer_images[chain_id]
             holders = tuple(dict.fromkeys(images)) if len(images) > 1 else tuple(images)
-            if chain_id in layer_records:
-                holders += tuple(layer_records[chain_id])
+            records = layer_records.get(chain_id, ())
+            holders += tuple(records)
             if len(holders) > 1:  # (one holder: an image that lists the layer twice)
                 own[images[0]] -= size
+                taken_back.append(images[0])
                 self._sizes.append(size)
                 self._holders.append(holders)
+                self._image_holders.append(len(holders) - len(records))
 
         for record in snapshot.build_cache:
             if record.size > 0 and not record.shared:
@@ -163,7 +168,10 @@ class LayerLedger:
             if volume.size > 0:
                 own[(Kind.VOLUME, volume.name)] += volume.size
         # An image all of whose layers turned out shared holds nothing alone.
-        self._own = {key: size for key, size in own.items() if size}
+        for key in taken_back:
+            if key in own and not own[key]:
+                del own[key]
+        self._own = dict(own)
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
         """Given a build-cache record, return the chain ids of the layers it holds or may hold."""
@@ -190,14 +198,14 @@ class LayerLedger:
         by_object: dict[ObjectKey, int] = dict(zip(deletions, map(self._own.get, deletions, repeat(0))))
         held: dict[ObjectKey, int] = {}
         place_of = position.get
-        for size, holders in zip(self._sizes, self._holders):
+        for size, holders, images in zip(self._sizes, self._holders, self._image_holders):
             places = list(map(place_of, holders))  # None: the holder stays
             if None not in places:  # all go: the last to go frees the bytes
                 by_object[holders[places.index(max(places))]] += size
                 continue
-            going_images = [p for h, p in zip(holders, places) if p is not None and h[0] is Kind.IMAGE]
-            if going_images and all(h[0] is Kind.BUILD_CACHE for h, p in zip(holders, places) if p is None):
-                last = holders[places.index(max(going_images))]
+            image_places = places[:images]
+            if None not in image_places:  # only build cache stays: held by cache, on the last image
+                last = holders[places.index(max(image_places))]
                 held[last] = held.get(last, 0) + size
         return Freed(by_object, held)
 
