@@ -197,15 +197,17 @@ class LayerLedger:
         # Bytes an object holds alone go with it, whenever it goes.
         by_object: dict[ObjectKey, int] = dict(zip(deletions, map(self._own.get, deletions, repeat(0))))
         held: dict[ObjectKey, int] = {}
-        place_of = position.get
+        going, place_of = position.__contains__, position.get
         for size, holders, images in zip(self._sizes, self._holders, self._image_holders):
-            places = list(map(place_of, holders))  # None: the holder stays
+            # An image that stays keeps the bytes: asked first, stopping at the first one that
+            # stays (a base layer has thousands of images, and one of the first usually stays).
+            if not all(map(going, holders[:images])):
+                continue
+            places = list(map(place_of, holders))  # None: a build-cache record that stays
             if None not in places:  # all go: the last to go frees the bytes
                 by_object[holders[places.index(max(places))]] += size
-                continue
-            image_places = places[:images]
-            if None not in image_places:  # only build cache stays: held by cache, on the last image
-                last = holders[places.index(max(image_places))]
+            else:  # only build cache stays: held by cache, on the last image
+                last = holders[places.index(max(places[:images]))]
                 held[last] = held.get(last, 0) + size
         return Freed(by_object, held)
 
