@@ -275,11 +275,14 @@ class _Planner:
         # Children before parents (deepest first), then the oldest first, then by id. Three
         # stable sorts on one simple key each, the last key first: the same order as one sort
         # on the tuple (-depth, time, id), at a third of the cost (no tuple per image).
-        depth = self.image_depths()
         ageless = datetime.min.replace(tzinfo=self.now.tzinfo)
         objects.sort(key=attrgetter("id"))
         objects.sort(key=lambda o: o.reference_time or ageless)
-        objects.sort(key=lambda o: depth[o.id], reverse=True)  # reverse=True keeps ties in order
+        depth = self.image_depths()
+        if depth:  # the images with a parent listed go first, deepest first, in the order so far
+            deep = [o for o in objects if o.id in depth]
+            deep.sort(key=lambda o: depth[o.id], reverse=True)  # reverse=True keeps ties in order
+            objects = deep + [o for o in objects if o.id not in depth]
         return objects
 
     def image_reference_time(self, image: Image) -> tuple[datetime | None, str]:
@@ -301,8 +304,9 @@ class _Planner:
             return
         by_repository: dict[str, list[tuple[Image, datetime]]] = defaultdict(list)
         for image, when in candidates:
-            for repository in image.repositories:
-                by_repository[repository].append((image, when))
+            if image.repo_tags:  # an untagged image is in no repository
+                for repository in image.repositories:
+                    by_repository[repository].append((image, when))
         for repository, members in sorted(by_repository.items()):
             members.sort(key=lambda pair: (pair[1], pair[0].id), reverse=True)
             for rank, (image, when) in enumerate(members[: self.policy.keep_recent], start=1):
@@ -332,17 +336,18 @@ class _Planner:
                     stack.append(parent_id)
 
     def image_depths(self) -> dict[str, int]:
+        """Given the snapshot, return image id -> how many listed ancestors it has, when any."""
         depths: dict[str, int] = {}
         for image in self.snapshot.images:
-            if image.parent_id not in self.images_by_id:  # no parent listed (most images)
-                depths[image.id] = 0
+            if image.parent_id not in self.images_by_id:  # no parent listed (most images): depth 0
                 continue
             depth, seen, current = 0, {image.id}, image.parent_id
             while current and current in self.images_by_id and current not in seen:
                 depth += 1
                 seen.add(current)
                 current = self.images_by_id[current].parent_id
-            depths[image.id] = depth
+            if depth:
+                depths[image.id] = depth
         return depths
 
     # -- build cache ------------------------------------------------------------------
@@ -380,8 +385,9 @@ class _Planner:
                 Kind.BUILD_CACHE, record_id, names, decide(r, holding.get(record_id)), r.size
             )
             parent = r.parent
-            if parent in depths and parent != record_id:  # a parent listed first: known already
-                level = depths[record_id] = depths[parent] + 1
+            parent_depth = depths.get(parent)
+            if parent_depth is not None and parent != record_id:  # a parent listed first: known already
+                level = depths[record_id] = parent_depth + 1
             else:
                 level = depth(r)
             by_depth[level].append(o)
