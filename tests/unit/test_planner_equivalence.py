@@ -10,13 +10,14 @@ holding with all its holders) and checks that the result is exactly that, in val
 from __future__ import annotations
 
 import random
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparkjoy.model import Kind, Snapshot
 from sparkjoy.planner import Decision, plan
+from sparkjoy.units import format_duration
 from sparkjoy.usage import Freed, LayerLedger, ObjectKey
 
 from .builders import NOW
@@ -131,4 +132,15 @@ def test_each_deletion_carries_the_bytes_the_ledger_gives_it_in_the_plan_order(g
         if o.decision is Decision.DELETE:
             assert (o.bytes, o.bytes_held_by_cache) == (freed.by_object[o.key], freed.held_by_cache.get(o.key, 0))
         assert o.in_scope == (not o.reason.startswith("out of scope"))
+        # Reasons the age decides are shared between objects of the same hour: each still says its own age.
+        if o.reason.startswith(("old:", "unused:", "stopped:", "recent:")) and o.reference_time <= NOW:
+            assert f" {format_duration(NOW - o.reference_time)} ago, " in o.reason, o
         assert type(o).__name__ == "PlannedObject"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.timedeltas(min_value=timedelta(days=1), max_value=timedelta(days=9_999, hours=23, minutes=59)))
+def test_an_age_of_days_is_worded_by_its_days_and_hours_alone(age) -> None:
+    # The planner words the reason of an age of days once per (days, hours) and shares it
+    # (planner.decide_by_age): this must hold for every age between 1 and 10,000 days.
+    assert format_duration(age) == format_duration(timedelta(days=age.days, hours=age.seconds // 3600))
