@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from operator import attrgetter
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .model import BuildCacheRecord, Container, ContainerState, Image, Kind, Snapshot, Volume, repository_of
 from .policy import Policy, VolumeMode
@@ -73,10 +73,12 @@ class _Unfrozen:
         self.in_scope = not self.reason.startswith("out of scope")
 
 
-def _freeze(objects: list[_Unfrozen]) -> tuple[PlannedObject, ...]:
-    for o in objects:
-        o.__class__ = PlannedObject  # type: ignore[assignment]
-    return tuple(objects)  # type: ignore[arg-type]
+def _freeze(*made: Iterable[_Unfrozen]) -> None:
+    # Best in the order the objects were made, which is their order in memory: in plan
+    # order the same pass costs three times as much.
+    for objects in made:
+        for o in objects:
+            o.__class__ = PlannedObject  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ class _Planner:
         self._everything_old = policy.everything_old
         self._max_age = policy.max_age
         self._scoped = policy.scoped
+        # The objects of images and build-cache records in the order they were made (see _freeze).
+        self._images_made: Iterable[_Unfrozen] = ()
+        self._records_made: Iterable[_Unfrozen] = ()
         # Said in the reason of every object the age decides: worded once.
         self._max_age_text = (
             "negative max age: everything counts as old"
@@ -210,7 +215,8 @@ class _Planner:
         if held:
             for o, key in zip(deleted, deletion_order):
                 o.bytes_held_by_cache = held.get(key, 0)
-        return Plan(objects=_freeze(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)
+        _freeze(containers, self._images_made, self._records_made, volumes)
+        return Plan(objects=tuple(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)  # type: ignore[arg-type]
 
     # -- containers -------------------------------------------------------------------
 
@@ -289,12 +295,13 @@ class _Planner:
         self.keep_recent_per_repository(candidates, decisions)
         self.keep_parents_of_kept(decisions)
 
-        objects = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
+        made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
+        self._images_made = made
         # Children before parents (deepest first), then the oldest first, then by id. Three
         # stable sorts on one simple key each, the last key first: the same order as one sort
         # on the tuple (-depth, time, id), at a third of the cost (no tuple per image).
         ageless = datetime.min.replace(tzinfo=self.now.tzinfo)
-        objects.sort(key=attrgetter("id"))
+        objects = sorted(made, key=attrgetter("id"))
         objects.sort(key=lambda o: o.reference_time or ageless)
         depth = self.image_depths()
         if depth:  # the images with a parent listed go first, deepest first, in the order so far
@@ -428,6 +435,7 @@ class _Planner:
         ordered: list[_Unfrozen] = []
         for level in sorted(by_depth, reverse=True):
             ordered += sorted(by_depth[level], key=attrgetter("id"))
+        self._records_made = made.values()
         return ordered
 
     def decide_record(
