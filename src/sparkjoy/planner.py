@@ -208,7 +208,10 @@ class _Planner:
         by_object = freed.by_object
         # by_object lists each deletion once, in deletion order: unless a key came twice, its
         # values line up with the deletions, and no look-up is needed.
-        freed_bytes = by_object.values() if len(by_object) == len(deleted) else map(by_object.__getitem__, deletion_order)
+        if len(by_object) == len(deleted):
+            freed_bytes: Iterable[int] = by_object.values()
+        else:
+            freed_bytes = map(by_object.__getitem__, deletion_order)
         for o, o_bytes in zip(deleted, freed_bytes):
             o.bytes = o_bytes
         held = freed.held_by_cache
@@ -216,7 +219,8 @@ class _Planner:
             for o, key in zip(deleted, deletion_order):
                 o.bytes_held_by_cache = held.get(key, 0)
         _freeze(containers, self._images_made, self._records_made, volumes)
-        return Plan(objects=tuple(objects), now=self.now, policy=self.policy, snapshot=self.snapshot)  # type: ignore[arg-type]
+        frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
+        return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot)
 
     # -- containers -------------------------------------------------------------------
 

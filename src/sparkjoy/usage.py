@@ -54,7 +54,7 @@ class Freed:
     """What deleting a set of objects frees.
 
     ``by_object``: bytes freed now, attributed to the object whose deletion frees them
-    (the last of their holders to go). ``held_by_cache``: bytes of deleted images that a
+    (the last of their holders to go); every deletion once, in deletion order. ``held_by_cache``: bytes of deleted images that a
     build-cache record outside the deletion set still holds, per image.
     """
 
