@@ -19,8 +19,9 @@ import click
 from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
-from .executor import Executor, ObjectResult
-from .planner import EMPTY_MEMORY, Plan, plan as make_plan
+from .executor import Executor, ObjectResult, Outcome, RunResult
+from .model import Kind
+from .planner import EMPTY_MEMORY, Plan, owners_left_behind, plan as make_plan
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -119,13 +120,20 @@ def _state_path(settings: config.Settings) -> Path:
     return Path(configured) if configured else state.default_path()
 
 
-def _remember_first_sightings(settings: config.Settings, engine: DockerEngine, plan: Plan) -> None:
+def _remember_after_prune(settings: config.Settings, engine: DockerEngine, plan: Plan,
+                          result: RunResult | None = None) -> None:
     """After a real prune, record images seen for the first time, so an image with no usable
-    timestamp can age from today on (it is kept until then). Recorded after planning, so this
-    run's plan is the one its dry run showed."""
+    timestamp can age from today on (it is kept until then), and the images deleted whose layers
+    build cache still holds, so a later scoped prune knows whose cache it is (``CacheOwner``).
+    Recorded after planning, so this run's plan is the one its dry run showed."""
     remembered = state.State.open(_state_path(settings), engine.host)
     try:
         remembered.ensure_seen([image.id for image in plan.snapshot.images], plan.snapshot.taken_at)
+        if result is not None:
+            deleted = [r.planned.id for r in result.results
+                       if r.planned.kind is Kind.IMAGE and r.outcome is Outcome.DELETED]
+            remembered.record_cache_owners(owners_left_behind(plan, deleted),
+                                           [r.id for r in plan.snapshot.build_cache])
     finally:
         remembered.close()
 
@@ -254,7 +262,7 @@ def prune(**params: Any) -> None:
         return
 
     if not plan.deletions:
-        _remember_first_sightings(settings, engine, plan)
+        _remember_after_prune(settings, engine, plan)
         if as_json or params["audit"]:
             # --audit holds even when there is nothing to delete: the kept objects are checked.
             result = Executor(engine, audit=params["audit"]).execute(plan)
@@ -308,7 +316,7 @@ def prune(**params: Any) -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    _remember_first_sightings(settings, engine, plan)
+    _remember_after_prune(settings, engine, plan, result)
     if as_json:
         click.echo(report.dumps(report.result_json(result)))
     elif params["quiet"]:

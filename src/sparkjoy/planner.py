@@ -121,9 +121,49 @@ class Memory:
 
     last_used: Mapping[str, datetime] = field(default_factory=dict)
     first_seen: Mapping[str, datetime] = field(default_factory=dict)
+    # build-cache record id -> the images it held layers of that a prune deleted (see CacheOwner).
+    cache_owners: Mapping[str, tuple[CacheOwner, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CacheOwner:
+    """An image a build-cache record held layers of, deleted by a prune: its tags and labels.
+
+    Under a scope a record is pruned only when every image it holds layers of is in scope.
+    A scoped prune that leaves the cache (``--no-build-cache``, or a record still recent)
+    deletes those images, and with them the only sign that the record is the scope's: the
+    next scoped prune would find it "not attributable" and keep it for ever. So a real prune
+    remembers them (``owners_left_behind``), and the planner counts them as the record's
+    holders, as if they were still there.
+    """
+
+    repo_tags: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def as_image(self) -> Image:
+        """The image as far as a scope asks (tags and labels)."""
+        return Image(id="", repo_tags=self.repo_tags, created=None, last_tag_time=None, size=0, shared_size=0,
+                     labels=self.labels)
 
 
 EMPTY_MEMORY = Memory()
+
+
+def owners_left_behind(plan: Plan, deleted_images: Iterable[str]) -> dict[str, tuple[CacheOwner, ...]]:
+    """Given a plan and the images its run deleted, return build-cache record id -> those of its
+    images whose layers the record held (or may hold), for every record the run did not delete."""
+    deleted = set(deleted_images)
+    if not deleted or not plan.snapshot.build_cache:
+        return {}
+    images = {image.id: image for image in plan.snapshot.images}
+    left = {r.id for r in plan.snapshot.build_cache} - {
+        o.id for o in plan.deletions if o.kind is Kind.BUILD_CACHE}
+    owners: dict[str, tuple[CacheOwner, ...]] = {}
+    for record_id, holders in LayerLedger(plan.snapshot).records_holding_images().items():
+        gone = sorted(h for h in holders if h in deleted)
+        if record_id in left and gone:
+            owners[record_id] = tuple(CacheOwner(images[i].repo_tags, dict(images[i].labels)) for i in gone)
+    return owners
 
 # What a rule decides for one object: the decision, its reason, and the reference time.
 Decided = tuple[Decision, str, "datetime | None"]
@@ -447,12 +487,16 @@ class _Planner:
     ) -> tuple[Decision, str, datetime | None]:
         if self._scoped:
             # Labels on build cache do not work, so a record belongs to the scope only when
-            # the layer it holds belongs to in-scope images alone.
-            if not holds_images:
+            # the layer it holds belongs to in-scope images alone: those there, and those a
+            # prune deleted (remembered as CacheOwner).
+            owners = self.memory.cache_owners.get(record.id, ())
+            if not holds_images and not owners:
                 return Decision.KEEP, "out of scope: not attributable to an image in scope", None
-            outside = [i for i in holds_images if self.policy.image_in_scope(self.images_by_id[i])]
+            outside = [i for i in holds_images or () if self.policy.image_in_scope(self.images_by_id[i])]
             if outside:
                 return Decision.KEEP, "out of scope: holds layers of images outside the scope", None
+            if any(self.policy.image_in_scope(owner.as_image()) for owner in owners):
+                return Decision.KEEP, "out of scope: held layers of deleted images outside the scope", None
         if not self.policy.build_cache:
             return Decision.KEEP, "build-cache pruning is off", None
         if record.in_use:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .engine.base import EventMark
-from .planner import Memory
+from .planner import CacheOwner, Memory
 
 log = logging.getLogger("sparkjoy.state")
 
@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS inspect_marks (
     engine TEXT PRIMARY KEY,
     events_since INTEGER NOT NULL, -- engine unix nanoseconds: its events from then on say what changed
     anchor TEXT                    -- the newest event read then, "timeNano Type Action id"
+);
+CREATE TABLE IF NOT EXISTS cache_owners (
+    engine TEXT NOT NULL,
+    record_id TEXT NOT NULL,    -- a build-cache record that held layers of images a prune deleted
+    owners TEXT NOT NULL,       -- JSON: those images' tags and labels, [{"tags": [...], "labels": {...}}]
+    PRIMARY KEY (engine, record_id)
 );
 CREATE TABLE IF NOT EXISTS engines (
     engine TEXT PRIMARY KEY,
@@ -226,9 +232,33 @@ class State:
             rows = self._db.execute(
                 "SELECT image_id, first_seen, last_used FROM images WHERE engine = ?", (self.engine,)
             ).fetchall()
+            owner_rows = self._db.execute(
+                "SELECT record_id, owners FROM cache_owners WHERE engine = ?", (self.engine,)).fetchall()
         last_used = {image_id: _time(used) for image_id, _, used in rows if used is not None}
         first_seen = {image_id: _time(seen) for image_id, seen, _ in rows}
-        return Memory(last_used=last_used, first_seen=first_seen)
+        owners = {record_id: found for record_id, text in owner_rows if (found := _owners_from(text))}
+        return Memory(last_used=last_used, first_seen=first_seen, cache_owners=owners)
+
+    @_recovering(None)
+    def record_cache_owners(self, owners: Mapping[str, tuple[CacheOwner, ...]], records: Iterable[str]) -> None:
+        """Given build-cache record id -> images of it a prune deleted (``owners_left_behind``) and
+        the records the engine has, add them to what is remembered; records gone are forgotten."""
+        present = set(records)
+        with self._lock, self._db:
+            stored = dict(self._db.execute(
+                "SELECT record_id, owners FROM cache_owners WHERE engine = ?", (self.engine,)).fetchall())
+            self._db.executemany("DELETE FROM cache_owners WHERE engine = ? AND record_id = ?",
+                                 [(self.engine, r) for r in stored if r not in present])
+            rows = []
+            for record_id, new in owners.items():
+                if record_id not in present:
+                    continue
+                merged = {_owner_key(o): o for o in (*_owners_from(stored.get(record_id)), *new)}
+                rows.append((self.engine, record_id, json.dumps(
+                    [{"tags": list(o.repo_tags), "labels": dict(o.labels)} for o in merged.values()],
+                    separators=(",", ":"))))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO cache_owners (engine, record_id, owners) VALUES (?, ?, ?)", rows)
 
     @_recovering(None)
     def record_uses(self, uses: Mapping[str, datetime], now: datetime) -> None:
@@ -431,6 +461,28 @@ class State:
         return tuple(row[0] for row in rows)
 
 
+def _owner_key(owner: CacheOwner) -> tuple:
+    return tuple(owner.repo_tags), tuple(sorted(owner.labels.items()))
+
+
+def _owners_from(text: str | None) -> tuple[CacheOwner, ...]:
+    """Given a stored owners row, return its owners; nothing for a row that cannot be read."""
+    try:
+        decoded = json.loads(text) if text else []
+    except ValueError:
+        return ()
+    owners = []
+    for item in decoded if isinstance(decoded, list) else []:
+        tags = item.get("tags") if isinstance(item, dict) else None
+        labels = item.get("labels") if isinstance(item, dict) else None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            return ()  # half an owner list would make a record look more in scope than it is
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            return ()
+        owners.append(CacheOwner(tuple(tags), labels))
+    return tuple(owners)
+
+
 def _connect(target: str) -> sqlite3.Connection:
     # check_same_thread=False: the State serialises access with its own lock.
     connection = sqlite3.connect(target, timeout=10, check_same_thread=False, isolation_level=None)
@@ -455,6 +507,7 @@ def _connect(target: str) -> sqlite3.Connection:
             connection.execute("SELECT engine, image_id, first_seen, last_used FROM images LIMIT 1").fetchall()
             connection.execute("SELECT engine, image_id, steps FROM histories LIMIT 1").fetchall()
             connection.execute("SELECT engine, image_id, inspect FROM inspects LIMIT 1").fetchall()
+            connection.execute("SELECT engine, record_id, owners FROM cache_owners LIMIT 1").fetchall()
             connection.execute("SELECT engine, events_since, anchor FROM inspect_marks LIMIT 1").fetchall()
             connection.execute(
                 "SELECT engine, last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines LIMIT 1"

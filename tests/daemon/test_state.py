@@ -253,3 +253,25 @@ def test_saving_inspects_writes_only_what_changed_since_they_were_read(tmp_path:
     found, mark = State.open(path, "unix:///e1").inspects()
     assert found == {"sha256:a": {"Id": "sha256:a", "marker": 1}, "sha256:b": fresh_b, "sha256:c": {"Id": "sha256:c"}}
     assert mark == EventMark(2)
+
+
+def test_cache_owners_are_added_to_per_record_and_forgotten_with_their_record(tmp_path: Path) -> None:
+    from sparkjoy.planner import CacheOwner
+
+    path = tmp_path / "state.db"
+    state = State.open(path, "unix:///e1")
+    p1 = CacheOwner(("p1:1",), {"project": "p1"})
+    state.record_cache_owners({"r1": (p1,), "r2": (CacheOwner((), {}),), "gone": (p1,)}, ["r1", "r2", "r3"])
+    assert state.memory().cache_owners == {"r1": (p1,), "r2": (CacheOwner((), {}),)}
+    p1b = CacheOwner(("p1:2",), {"project": "p1"})
+    state.record_cache_owners({"r1": (p1, p1b)}, ["r1", "r3"])  # r2 is gone from the engine now
+    assert State.open(path, "unix:///e1").memory().cache_owners == {"r1": (p1, p1b)}
+    assert State.open(path, "unix:///e2").memory().cache_owners == {}
+
+
+def test_an_unreadable_cache_owners_row_counts_as_no_owners(tmp_path: Path) -> None:
+    state = State.open(tmp_path / "state.db", "unix:///e1")
+    state._db.execute("INSERT INTO cache_owners VALUES ('unix:///e1', 'r1', 'not json')")
+    state._db.execute("INSERT INTO cache_owners VALUES ('unix:///e1', 'r2', '[{\"tags\": [\"a:1\"], \"labels\": {}}, 3]')")
+    state._db.execute("INSERT INTO cache_owners VALUES ('unix:///e1', 'r3', '[{\"tags\": [\"a:1\"], \"labels\": {\"k\": 1}}]')")
+    assert state.memory().cache_owners == {}

@@ -291,6 +291,33 @@ def test_rule_4_build_cache_is_scoped_by_record_never_by_the_label_filter_the_en
     assert p2_record in (pruned.get("CachesDeleted") or [])
 
 
+def test_rule_4_a_scoped_prune_that_kept_the_cache_leaves_it_attributable_to_the_scope(clean_engine):
+    """A scoped prune with --no-build-cache deletes p1's image; its cache record then holds the
+    layer of no image there. The next scoped prune must still know it is p1's (and p2's still
+    not), or p1's cache could never be pruned under the scope again."""
+    engine = clean_engine
+    p1 = build(engine, BUSYBOX_BASE + "RUN echo project-one > /project\n", "p1-app:1", labels={"project": "p1"})
+    p2 = build(engine, BUSYBOX_BASE + "RUN echo p2 > /project\n", "p2-app:1", labels={"project": "p2"})
+    records = build_cache(engine)
+    [p1_record] = [r["ID"] for r in records if "echo project-one " in (r.get("Description") or "")]
+    [p2_record] = [r["ID"] for r in records if "echo p2 " in (r.get("Description") or "")]
+    scope = ("--label", "project=p1", "--max-age=-1s", "--keep-recent", "0")
+
+    first = cli_prune(engine, *scope, "--no-build-cache", as_of=utcnow() + timedelta(days=1))
+    assert json_object(first, p1)["result"] == "deleted"
+    assert p1_record in {r["ID"] for r in build_cache(engine)}
+
+    second = cli_prune(engine, *scope, as_of=utcnow() + timedelta(days=1))
+    assert json_object(second, p1_record)["result"] == "deleted", json_object(second, p1_record)
+    assert json_object(second, p2_record)["decision"] == "keep"
+    remaining = {r["ID"] for r in build_cache(engine)}
+    assert p1_record not in remaining and p2_record in remaining
+    assert tags_of(engine, p2) == {"p2-app:1"}
+    for record in records:
+        if record["ID"] != p1_record:
+            assert record["ID"] in remaining, record
+
+
 # -- rule 5 ---------------------------------------------------------------------------------
 
 

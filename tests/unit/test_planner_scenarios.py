@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from sparkjoy.model import ContainerState
-from sparkjoy.planner import Decision, Memory, plan
+from sparkjoy.planner import CacheOwner, Decision, Memory, owners_left_behind, plan
 from sparkjoy.policy import LabelSelector, Policy, VolumeMode
 
 from .builders import NOW, ago, anonymous_name, container, image, layers, record, snapshot, volume
@@ -518,6 +518,35 @@ SCENARIOS = [
         policy=Policy(max_age=H6, keep_recent=0, labels=(LabelSelector("project", "p1"),)),
     ),
     Scenario(
+        "under a scope a record whose images a prune deleted is still the scope's: it goes when old",
+        snapshot(
+            [image("p2", "p2:1", tagged=ago(hours=1), labels={"project": "p2"},
+                   layer_list=layers(("p2-layer", 222)))],
+            build_cache=[
+                record("r-of-deleted-p1", last_used=ago(days=2), shared=True, size=111),
+                record("r-of-deleted-p2", last_used=ago(days=2), shared=True, size=333),
+                record("r-of-both", last_used=ago(days=2), shared=True, size=444),
+                record("r-p2-now", last_used=ago(days=2), shared=True, size=222),
+                record("r-unknown", last_used=ago(days=2), shared=True, size=555),
+            ],
+        ),
+        {
+            "p2": keep("out of scope"),
+            "r-of-deleted-p1": delete("unused"),
+            "r-of-deleted-p2": keep("out of scope", "deleted images outside the scope"),
+            "r-of-both": keep("out of scope", "deleted images outside the scope"),
+            "r-p2-now": keep("out of scope", "holds layers of images outside"),
+            "r-unknown": keep("out of scope", "not attributable"),
+        },
+        policy=Policy(max_age=H6, keep_recent=0, labels=(LabelSelector("project", "p1"),)),
+        memory=Memory(cache_owners={
+            "r-of-deleted-p1": (CacheOwner(("p1:1",), {"project": "p1"}),),
+            "r-of-deleted-p2": (CacheOwner(("p2:0",), {"project": "p2"}),),
+            "r-of-both": (CacheOwner(("p1:1",), {"project": "p1"}), CacheOwner((), {})),
+            "r-p2-now": (CacheOwner(("p1:1",), {"project": "p1"}),),
+        }),
+    ),
+    Scenario(
         "without a scope every old unused record is pruned, matched to a layer or not",
         snapshot(
             [image("img", "app:1", tagged=ago(hours=1), layer_list=layers(("base", 333)))],
@@ -648,3 +677,24 @@ def test_planner_scenario(scenario: Scenario) -> None:
 def test_scenario_names_are_unique_so_each_reads_as_its_own_sentence() -> None:
     names = [s.name for s in SCENARIOS]
     assert len(names) == len(set(names))
+
+
+def test_a_run_remembers_whose_layers_the_cache_it_left_held() -> None:
+    """owners_left_behind: for each record the run did not delete, the deleted images it held."""
+    snap = snapshot(
+        [
+            image("a", "a:1", tagged=ago(days=2), labels={"project": "p1"}, layer_list=layers(("a-layer", 111))),
+            image("b", "b:1", tagged=ago(days=2), layer_list=layers(("b-layer", 222))),
+            image("c", "c:1", tagged=ago(hours=1), layer_list=layers(("c-layer", 333))),
+        ],
+        build_cache=[
+            record("r-a", last_used=ago(hours=1), shared=True, size=111),
+            record("r-b", last_used=ago(days=2), shared=True, size=222),
+            record("r-c", last_used=ago(hours=1), shared=True, size=333),
+        ],
+    )
+    the_plan = plan(snap, Policy(max_age=H6, keep_recent=0), now=NOW)
+    assert {o.id for o in the_plan.deletions} == {"a", "b", "r-b"}
+    # The run deleted a and b (r-b too): r-a is left holding a's layer; c was not deleted.
+    assert owners_left_behind(the_plan, ["a", "b"]) == {"r-a": (CacheOwner(("a:1",), {"project": "p1"}),)}
+    assert owners_left_behind(the_plan, []) == {}
