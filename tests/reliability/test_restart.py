@@ -32,6 +32,9 @@ class Restarter:
         self.engine = engine
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        # Set once begin() has started the restart: the proxy counts a fault as injected when
+        # its rule matches, before the hook runs, so a test that saw the count may get here first.
+        self.begun = threading.Event()
 
     def _restart(self) -> None:
         try:
@@ -43,12 +46,14 @@ class Restarter:
         """Stop the engine now and start it again in the background; return once it is down."""
         self.thread = threading.Thread(target=self._restart, daemon=True)
         self.thread.start()
+        self.begun.set()
         fixtures.wait_until(lambda: not self.engine.ping(timeout=0.5), timeout=30, what="the engine to go down",
                             interval=0.01)
 
     def wait(self) -> None:
         """Wait until the engine is back (restart() returns only once it answers /_ping)."""
-        assert self.thread is not None, "the restart never happened"
+        assert self.begun.wait(timeout=60), "the restart never happened"
+        assert self.thread is not None
         self.thread.join(timeout=90)
         assert not self.thread.is_alive(), "the engine did not come back"
         if self.error:
