@@ -294,7 +294,8 @@ def dcgc_age(cutoff: datetime) -> str:
 
 
 # sparkjoy on a host it has run on before: the same prune, after one `sparkjoy df` (not timed)
-# on the restored engine, so its state database holds that run's histories and inspects.
+# on the restored engine, so its state database holds that run's image histories (a real
+# prune inspects every image afresh).
 WARM = "sparkjoy, after a df"
 
 

@@ -132,21 +132,22 @@ def _remember_after_prune(settings: config.Settings, engine: DockerEngine, plan:
         if result is not None:
             deleted = [r.planned.id for r in result.results
                        if r.planned.kind is Kind.IMAGE and r.outcome is Outcome.DELETED]
-            remembered.record_cache_owners(owners_left_behind(plan, deleted),
+            remembered.record_cache_owners(owners_left_behind(plan, deleted, datetime.now(timezone.utc)),
                                            [r.id for r in plan.snapshot.build_cache])
     finally:
         remembered.close()
 
 
-def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tuple[DockerEngine, Plan]:
+def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None,
+                       reuse_inspects: bool = True) -> tuple[DockerEngine, Plan]:
     """Read the engine and plan, with what the state database remembers: last use and first
     sightings (read only: a dry run and the real run that follows plan from the same memory),
     and the image histories earlier runs read (they never change for an image ID; this run's
     are saved, so a second run asks the engine for new images' histories only), and the image
     inspects, which a second run asks again only for the images the engine's events since
-    the first say changed (see DockerEngine.know_inspects). Both caches are best effort: a
-    database that cannot be used costs only the calls it would save, and says so only when
-    there was a database to use."""
+    the first say changed (see DockerEngine.know_inspects), for a df or a dry run only. Both
+    caches are best effort: a database that cannot be used costs only the calls it would save,
+    and says so only when there was a database to use."""
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout, remember_inspects=True)
     path = _state_path(settings)
     existed = path.is_file()
@@ -154,7 +155,10 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None) -> tup
     try:
         memory = remembered.memory() if existed else EMPTY_MEMORY
         engine.know_histories(remembered.histories())
-        engine.know_inspects(*remembered.inspects())
+        # A real prune inspects every image afresh (and keeps what it read for the next run):
+        # its re-check before each deletion sees only the image it deletes, and a keep-recent
+        # ranking or a parent kept for its child rests on other images' answers too.
+        engine.know_inspects(*(remembered.inspects() if reuse_inspects else ({}, None)))
         snapshot = engine.snapshot()
         if remembered.persistent:
             remembered.save_histories(engine.histories_of(snapshot))
@@ -243,7 +247,7 @@ def prune(**params: Any) -> None:
     """
     try:
         settings = _load(params)
-        engine, plan = _snapshot_and_plan(settings, params["as_of"])
+        engine, plan = _snapshot_and_plan(settings, params["as_of"], reuse_inspects=params["dry_run"])
     except SparkjoyError as error:
         _fail(error)
         return

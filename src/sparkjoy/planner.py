@@ -139,6 +139,8 @@ class CacheOwner:
 
     repo_tags: tuple[str, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
+    # When the prune that deleted it ended: a record used after that serves someone else too.
+    recorded: datetime | None = None
 
     def as_image(self) -> Image:
         """The image as far as a scope asks (tags and labels)."""
@@ -149,9 +151,18 @@ class CacheOwner:
 EMPTY_MEMORY = Memory()
 
 
-def owners_left_behind(plan: Plan, deleted_images: Iterable[str]) -> dict[str, tuple[CacheOwner, ...]]:
-    """Given a plan and the images its run deleted, return build-cache record id -> those of its
-    images whose layers the record held (or may hold), for every record the run did not delete."""
+def _used_since(record: BuildCacheRecord, owners: tuple[CacheOwner, ...]) -> bool:
+    """True when a build used the record after the last of its remembered images was deleted:
+    by an image that is gone too, perhaps one outside the scope."""
+    times = [o.recorded for o in owners if o.recorded is not None]
+    return bool(times) and record.last_used is not None and record.last_used > max(times)
+
+
+def owners_left_behind(plan: Plan, deleted_images: Iterable[str],
+                       when: datetime | None = None) -> dict[str, tuple[CacheOwner, ...]]:
+    """Given a plan, the images its run deleted and when the run ended, return build-cache record
+    id -> those of its images whose layers the record held (or may hold), for every record the
+    run did not delete."""
     deleted = set(deleted_images)
     if not deleted or not plan.snapshot.build_cache:
         return {}
@@ -162,7 +173,7 @@ def owners_left_behind(plan: Plan, deleted_images: Iterable[str]) -> dict[str, t
     for record_id, holders in LayerLedger(plan.snapshot).records_holding_images().items():
         gone = sorted(h for h in holders if h in deleted)
         if record_id in left and gone:
-            owners[record_id] = tuple(CacheOwner(images[i].repo_tags, dict(images[i].labels)) for i in gone)
+            owners[record_id] = tuple(CacheOwner(images[i].repo_tags, dict(images[i].labels), when) for i in gone)
     return owners
 
 # What a rule decides for one object: the decision, its reason, and the reference time.
@@ -497,6 +508,8 @@ class _Planner:
                 return Decision.KEEP, "out of scope: holds layers of images outside the scope", None
             if any(self.policy.image_in_scope(owner.as_image()) for owner in owners):
                 return Decision.KEEP, "out of scope: held layers of deleted images outside the scope", None
+            if not holds_images and _used_since(record, owners):
+                return Decision.KEEP, "out of scope: used since the images it held were deleted", None
         if not self.policy.build_cache:
             return Decision.KEEP, "build-cache pruning is off", None
         if record.in_use:

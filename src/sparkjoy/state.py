@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS inspects (
 CREATE TABLE IF NOT EXISTS inspect_marks (
     engine TEXT PRIMARY KEY,
     events_since INTEGER NOT NULL, -- engine unix nanoseconds: its events from then on say what changed
-    anchor TEXT                    -- the newest event read then, "timeNano Type Action id"
+    anchor TEXT,                   -- the newest event read then, "timeNano Type Action id"
+    engine_identity TEXT NOT NULL DEFAULT ''  -- the engine's ID and data root then
 );
 CREATE TABLE IF NOT EXISTS cache_owners (
     engine TEXT NOT NULL,
@@ -255,7 +256,8 @@ class State:
                     continue
                 merged = {_owner_key(o): o for o in (*_owners_from(stored.get(record_id)), *new)}
                 rows.append((self.engine, record_id, json.dumps(
-                    [{"tags": list(o.repo_tags), "labels": dict(o.labels)} for o in merged.values()],
+                    [{"tags": list(o.repo_tags), "labels": dict(o.labels),
+                      "at": _seconds(o.recorded) if o.recorded else None} for o in merged.values()],
                     separators=(",", ":"))))
             self._db.executemany(
                 "INSERT OR REPLACE INTO cache_owners (engine, record_id, owners) VALUES (?, ?, ?)", rows)
@@ -345,7 +347,8 @@ class State:
         tell which of them changed since (None: nothing usable is stored)."""
         with self._lock:
             mark = self._db.execute(
-                "SELECT events_since, anchor FROM inspect_marks WHERE engine = ?", (self.engine,)).fetchone()
+                "SELECT events_since, anchor, engine_identity FROM inspect_marks WHERE engine = ?",
+                (self.engine,)).fetchone()
             if mark is None or not isinstance(mark[0], int):
                 return {}, None
             rows = self._db.execute(
@@ -359,7 +362,8 @@ class State:
             if isinstance(decoded, dict):
                 found[image_id] = decoded
         self._inspects_read = dict(found)
-        return found, EventMark(mark[0], mark[1] if isinstance(mark[1], str) else None)
+        return found, EventMark(mark[0], mark[1] if isinstance(mark[1], str) else None,
+                                mark[2] if isinstance(mark[2], str) else "")
 
     @_recovering(None)
     def save_inspects(self, inspects: Mapping[str, dict], mark: EventMark | None) -> None:
@@ -382,8 +386,9 @@ class State:
                 "INSERT OR REPLACE INTO inspects (engine, image_id, inspect) VALUES (?, ?, ?)",
                 [(self.engine, i, json.dumps(v, separators=(",", ":"))) for i, v in kept.items()
                  if not (i in stored and read.get(i) is v)])
-            self._db.execute("INSERT INTO inspect_marks (engine, events_since, anchor) VALUES (?, ?, ?)",
-                             (self.engine, int(mark.since_nanos), mark.anchor))
+            self._db.execute(
+                "INSERT INTO inspect_marks (engine, events_since, anchor, engine_identity) VALUES (?, ?, ?, ?)",
+                (self.engine, int(mark.since_nanos), mark.anchor, mark.engine))
 
     # -- events and prunes --------------------------------------------------------------
 
@@ -479,7 +484,12 @@ def _owners_from(text: str | None) -> tuple[CacheOwner, ...]:
             return ()  # half an owner list would make a record look more in scope than it is
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             return ()
-        owners.append(CacheOwner(tuple(tags), labels))
+        at = item.get("at")
+        try:
+            recorded = _time(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+        except (OverflowError, OSError, ValueError):
+            recorded = None
+        owners.append(CacheOwner(tuple(tags), labels, recorded))
     return tuple(owners)
 
 
@@ -508,7 +518,8 @@ def _connect(target: str) -> sqlite3.Connection:
             connection.execute("SELECT engine, image_id, steps FROM histories LIMIT 1").fetchall()
             connection.execute("SELECT engine, image_id, inspect FROM inspects LIMIT 1").fetchall()
             connection.execute("SELECT engine, record_id, owners FROM cache_owners LIMIT 1").fetchall()
-            connection.execute("SELECT engine, events_since, anchor FROM inspect_marks LIMIT 1").fetchall()
+            connection.execute(
+                "SELECT engine, events_since, anchor, engine_identity FROM inspect_marks LIMIT 1").fetchall()
             connection.execute(
                 "SELECT engine, last_event_nanos, last_prune, builds_seen, builds_at_last_prune FROM engines LIMIT 1"
             ).fetchall()

@@ -263,9 +263,10 @@ def test_cache_owners_are_added_to_per_record_and_forgotten_with_their_record(tm
     p1 = CacheOwner(("p1:1",), {"project": "p1"})
     state.record_cache_owners({"r1": (p1,), "r2": (CacheOwner((), {}),), "gone": (p1,)}, ["r1", "r2", "r3"])
     assert state.memory().cache_owners == {"r1": (p1,), "r2": (CacheOwner((), {}),)}
-    p1b = CacheOwner(("p1:2",), {"project": "p1"})
-    state.record_cache_owners({"r1": (p1, p1b)}, ["r1", "r3"])  # r2 is gone from the engine now
-    assert State.open(path, "unix:///e1").memory().cache_owners == {"r1": (p1, p1b)}
+    p1b = CacheOwner(("p1:2",), {"project": "p1"}, NOW)
+    p1_again = CacheOwner(("p1:1",), {"project": "p1"}, NOW)  # deleted again (rebuilt, then pruned)
+    state.record_cache_owners({"r1": (p1_again, p1b)}, ["r1", "r3"])  # r2 is gone from the engine now
+    assert State.open(path, "unix:///e1").memory().cache_owners == {"r1": (p1_again, p1b)}
     assert State.open(path, "unix:///e2").memory().cache_owners == {}
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from sparkjoy import state
 
-from tests.faultproxy import Exchange, FaultProxy, Rule, delay, respond
+from tests.faultproxy import Exchange, FaultProxy, Rule, delay, respond, rewrite_json
 from tests.fixtures import import_image
 from tests.integration.support import cli, json_object, parse_engine_time, tag
 
@@ -112,10 +112,26 @@ def _more_events(extra: Callable[[], bytes]) -> Callable[[Exchange], None]:
     return action
 
 
+def _hanging_stream(exchange: Exchange) -> None:
+    """An action: the head of a chunked events answer, then nothing (an engine or proxy that
+    holds the stream open)."""
+    response = exchange.fetch()
+    exchange.send(response.head(None)[:-2] + b"Transfer-Encoding: chunked\r\n\r\n")
+    exchange.wait(60)
+
+
+def _retag_event_of_long_ago(image_id: str) -> Callable[[], bytes]:
+    """A tag event published after everything the last run read, stamped long before its mark
+    (a clock stepped back, or an event stamped before and published after the last run's read)."""
+    return lambda: json.dumps({"Type": "image", "Action": "tag", "id": image_id, "Actor": {"ID": image_id},
+                               "timeNano": 1_000_000_000}).encode() + b"\n"
+
+
 # The engine's own answer is kept in each (so the last run's newest event is still in it).
 CANNOT_TELL = {
     "the events call fails": respond(500),
     "the events answer does not come (the run waits 10 s, not forever)": delay(60),
+    "the events stream stops after its head (the run waits 10 s, not forever)": _hanging_stream,
     "as many events as the engine's buffer holds": _more_events(lambda: _network_events(256)),
     "a pull, which names a reference and no image ID": _more_events(_pull),
 }
@@ -150,9 +166,12 @@ def test_when_the_events_cannot_tell_what_changed_every_image_is_inspected_again
         assert inspects.matched - before == 2, "both images inspected again"
         assert _seen(second, a) == _seen(first, a) and _seen(second, b) == _seen(first, b)
 
-        if fault.startswith(("the events call fails", "the events answer does not come")):
-            # The run after that trusts the events again. (After the others it cannot: their
-            # newest event, made up here, is not in the engine's buffer for the next run to find.)
+        if fault.startswith(("the events call fails", "the events answer does not come", "the events stream")):
+            # Trusted again once a run has read the events (the one after the failure has no
+            # newest event to look for, so it reads the whole buffer, which names a and b).
+            # (After the others it cannot: their newest event, made up here, is not in the
+            # engine's buffer for the next run to find.)
+            cli(through, "df", "-v")
             before = inspects.matched
             cli(through, "df", "-v")
             assert inspects.matched == before
@@ -166,3 +185,48 @@ def test_a_restart_that_lost_the_engines_events_is_noticed(clean_engine):
     second = cli(clean_engine, "df", "-v")
     assert parse_engine_time(_seen(second, a)[1]) > parse_engine_time(_seen(first, a)[1]), (
         "the engine's events since the last run are gone, so a's remembered inspect must not be used")
+
+
+def test_an_event_after_the_last_runs_newest_counts_whatever_its_time(clean_engine):
+    a = import_image(clean_engine, MB, "across/a:1", seed=67)
+    import_image(clean_engine, MB, "across/b:1", seed=68)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        cli(through, "df")
+        proxy.add(Rule("GET", r"^/events$", _more_events(_retag_event_of_long_ago(a)), times=1))
+        before = inspects.matched
+        cli(through, "df")
+        assert inspects.matched == before + 1, "a, named by an event the last run had not read, is inspected again"
+
+
+def test_another_engine_behind_the_same_address_is_noticed(clean_engine):
+    import_image(clean_engine, MB, "across/a:1", seed=69)
+    import_image(clean_engine, MB, "across/b:1", seed=70)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        cli(through, "df")
+        proxy.add(Rule("GET", r"^/info$", rewrite_json(lambda info: {**info, "ID": "another-engine"}), times=1))
+        before = inspects.matched
+        cli(through, "df")
+        assert inspects.matched - before == 2, "an engine of another ID: every image inspected again"
+
+
+def test_a_real_prune_inspects_every_image_afresh_and_a_dry_run_does_not(clean_engine):
+    """The re-check before a deletion sees only that image, but a plan rests on others too (the
+    newest of a repository stay): a real prune plans from fresh answers only."""
+    import_image(clean_engine, MB, "across/a:1", seed=71)
+    import_image(clean_engine, MB, "across/b:1", seed=72)
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        inspects = _count_inspects(proxy)
+        through = _Through(proxy)
+        cli(through, "df")
+        before = inspects.matched
+        cli(through, "prune", "--dry-run")
+        assert inspects.matched == before
+        cli(through, "prune", "-f", "--max-age", "1000d")  # nothing is old: the plan deletes nothing
+        assert inspects.matched - before == 2
+        before = inspects.matched
+        cli(through, "df")  # and what the real prune read is kept for the next run
+        assert inspects.matched == before

@@ -547,6 +547,25 @@ SCENARIOS = [
         }),
     ),
     Scenario(
+        "under a scope a record used after its images were deleted serves someone unknown: it stays",
+        snapshot(
+            [],
+            build_cache=[
+                record("r-used-since", last_used=ago(days=2), shared=True, size=111),
+                record("r-unused-since", last_used=ago(days=4), shared=True, size=222),
+            ],
+        ),
+        {
+            "r-used-since": keep("out of scope", "used since the images it held were deleted"),
+            "r-unused-since": delete("unused"),
+        },
+        policy=Policy(max_age=H6, keep_recent=0, labels=(LabelSelector("project", "p1"),)),
+        memory=Memory(cache_owners={
+            "r-used-since": (CacheOwner(("p1:1",), {"project": "p1"}, ago(days=3)),),
+            "r-unused-since": (CacheOwner(("p1:2",), {"project": "p1"}, ago(days=3)),),
+        }),
+    ),
+    Scenario(
         "without a scope every old unused record is pruned, matched to a layer or not",
         snapshot(
             [image("img", "app:1", tagged=ago(hours=1), layer_list=layers(("base", 333)))],

@@ -673,7 +673,7 @@ class Supervisor:
         deleted_images = {r.planned.id for r in result.results
                           if r.planned.kind is Kind.IMAGE and r.outcome is Outcome.DELETED}
         self.state.forget_except(set(image_ids) - deleted_images)
-        self.state.record_cache_owners(owners_left_behind(the_plan, deleted_images),
+        self.state.record_cache_owners(owners_left_behind(the_plan, deleted_images, self.clock()),
                                        [r.id for r in snapshot.build_cache])
         if trigger is not Trigger.DISK_PRESSURE:
             # Eviction is not the policy's prune: it does not move the interval or build count.

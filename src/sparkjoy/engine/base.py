@@ -30,10 +30,12 @@ class EventMark:
     """Where in the engine's event log a run ended: the engine's clock then (unix nanoseconds),
     from which the events say what changed since, and the newest event the run read
     (``"timeNano Type Action id"``), which the next run must find again: if it is gone, the
-    engine lost its event buffer (a restart)."""
+    engine lost its event buffer (a restart), or the engine behind the address changed."""
 
     since_nanos: int
     anchor: str | None = None
+    # The engine's ID and data root (GET /info): another engine behind the address differs.
+    engine: str = ""
 
     @property
     def start_nanos(self) -> int:

@@ -14,9 +14,10 @@ about objects the engine said changed (``forget``), so an idle engine costs one
 last run ended (one call), and inspects again every image they name, or all of them when
 the events cannot tell (see ``_catch_up``). An image whose tags in the listing differ from
 the remembered ones is inspected again in any case. Deletions never use remembered answers:
-the executor's re-checks always ask the engine, so an answer remembered wrongly can make a
-plan keep too much or name an image that the re-check then keeps, never delete one it
-should not.
+the executor's re-checks always ask the engine. A real prune does not use the one-shot
+commands' remembered answers at all (only ``df`` and dry runs do): a plan also rests on other
+images' answers than the one being deleted (which of a repository's images are the newest),
+and the re-check sees only that one.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ _import_on_first_use("paramiko")
 import docker  # noqa: E402 (after paramiko is made cheap)
 import docker.errors  # noqa: E402
 import requests  # noqa: E402
+import urllib3.exceptions  # noqa: E402
 
 from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from ..model import Container, ContainerState, Image, Snapshot
@@ -158,6 +160,7 @@ class DockerEngine:
         # The engine's clock (unix nanoseconds) right after the last snapshot's listing, when it
         # caught up with the events.
         self._snapshot_engine_time: int | None = None
+        self._engine_identity = ""
         try:
             self.api = _APIClient(
                 base_url=connection.base_url,
@@ -219,20 +222,25 @@ class DockerEngine:
         known = self._remembered or {}
         inspects = {i.id: known[i.id] for i in snapshot.images if isinstance(known.get(i.id), dict)}
         clock = self._snapshot_engine_time
-        return inspects, (EventMark(clock, self._anchor) if clock is not None else None)
+        return inspects, (EventMark(clock, self._anchor, self._engine_identity) if clock is not None else None)
 
     def _catch_up(self, mark: EventMark | None) -> None:
         """Forget the remembered inspects that the engine's events since ``mark`` say changed;
-        all of them when the events cannot tell: no engine clock, an error, an answer as long
-        as the engine's buffer (older events may be lost), the mark's last event missing from
-        it (the engine restarted, and lost its buffer), or an image event that names no image
-        ID (a pull names a reference). Keeps the newest event read as the next mark's anchor.
+        all of them when the events cannot tell: no engine clock, another engine behind the
+        address (its ID or data root differ), an error, an answer as long as the engine's
+        buffer (older events may be lost), the mark's newest event missing from it (the engine
+        restarted, and lost its buffer), or an image event that names no image ID (a pull names
+        a reference). Keeps the newest event read as the next mark's anchor.
+
         Called right after the listing: the events up to the engine's clock now cover every
-        change before it, and that clock is where the next run's events start."""
+        change before it. The buffer is in publishing order, so every event after the anchor is
+        new to this run, whatever its time (an event is stamped before it is published, and a
+        clock may step back); with no anchor the whole buffer is read (at most 256 events)."""
         self._anchor = None
-        until = self._snapshot_engine_time = self._engine_clock()
-        since = 0 if mark is None else mark.start_nanos
-        if until is None or until < since:
+        until, identity = self._engine_clock()
+        self._snapshot_engine_time, self._engine_identity = until, identity
+        since = mark.start_nanos if mark is not None and mark.anchor is not None else 0
+        if until is None or until < since or (mark is not None and mark.engine != identity):
             self.forget()
             return
         try:
@@ -247,14 +255,11 @@ class DockerEngine:
         self._anchor = next((a for a in reversed(anchors) if a is not None), None)
         if mark is None:
             return  # nothing remembered: the events only say where this run ends
-        # Read from the anchor's time on, the events hold the anchor itself, unless it was lost.
         if len(events) >= EVENT_BUFFER or (mark.anchor is not None and mark.anchor not in anchors):
             self.forget()
             return
-        for event in events:
-            nanos = event.get("timeNano") if isinstance(event, Mapping) else None
-            if isinstance(nanos, int) and nanos < mark.since_nanos:
-                continue  # the anchor, or another event the last run read already
+        new = events[anchors.index(mark.anchor) + 1:] if mark.anchor is not None else events
+        for event in new:
             changed = convert.changed_object(event)
             if changed is None:
                 self.forget()
@@ -270,22 +275,30 @@ class DockerEngine:
         response = self.api._get(self.api._url("/events"), params=params, stream=True, timeout=EVENTS_TIMEOUT_S)
         try:
             self.api._raise_for_status(response)
+            # The SDK reads the stream from urllib3 directly: its errors (a read timeout, a cut
+            # connection) are not the requests errors _call maps.
             return list(self.api._stream_helper(response, decode=True))
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise EngineError("read the events since the last run (GET /events)", None,
+                              f"the events did not come: {_cause(error)}") from error
         finally:
             response.close()
 
-    def _engine_clock(self) -> int | None:
-        """The engine's clock now, in unix nanoseconds (to the microsecond), from ``GET /info``'s
-        SystemTime (the Date header has whole seconds only), or None when it does not say."""
+    def _engine_clock(self) -> tuple[int | None, str]:
+        """From ``GET /info``: the engine's clock now, in unix nanoseconds (to the microsecond;
+        the Date header has whole seconds only), or None when it does not say; and what tells
+        this engine from another behind the same address (its ID and data root)."""
         try:
             info = self._call("read the engine's clock (GET /info)", self.api.info)
         except EngineError:
-            return None
-        text = info.get("SystemTime") if isinstance(info, dict) else None
-        moment = convert.parse_time(text)
+            return None, ""
+        if not isinstance(info, dict):
+            return None, ""
+        identity = f"{convert.as_str(info.get('ID'))} {convert.as_str(info.get('DockerRootDir'))}"
+        moment = convert.parse_time(info.get("SystemTime"))
         if moment is None:
-            return None
-        return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+            return None, identity
+        return (moment - _EPOCH) // timedelta(microseconds=1) * 1000, identity
 
     def _forget_retagged(self, image_entries: list[dict]) -> None:
         """Forget remembered image inspects whose tags differ from the listing's (a tag added,
