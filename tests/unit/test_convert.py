@@ -482,3 +482,13 @@ def test_a_remembered_inspect_keeps_no_environment_or_command() -> None:
     assert "s3cret" not in json.dumps(kept)
     assert kept == {"Id": "sha256:1", "RepoTags": ["app:1"], "Metadata": {"LastTagTime": "2026-11-02T10:00:00Z"},
                     "Config": {"Labels": {"team": "a"}}, "RootFS": {"Layers": ["sha256:a"]}}
+
+
+def test_an_event_is_told_apart_in_the_buffer_by_its_time_kind_action_and_object() -> None:
+    from sparkjoy.engine.convert import event_anchor
+
+    assert event_anchor({"Type": "image", "Action": "tag", "Actor": {"ID": "sha256:ab"}, "timeNano": 7}) == \
+        "7 image tag sha256:ab"
+    assert event_anchor({"Type": "container", "Action": "die", "id": "c1", "timeNano": 9}) == "9 container die c1"
+    for no_time in ({"Type": "image"}, {"timeNano": 0}, {"timeNano": True}, {"timeNano": "7"}, "garbage"):
+        assert event_anchor(no_time) is None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
 
+from ..engine.convert import event_object_id
 from ..model import Image
 from ..policy import Policy
 
@@ -82,7 +83,7 @@ def observe(event: Any) -> Observation | None:
     action = event.get("Action") or event.get("status")
     actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
     attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), Mapping) else {}
-    object_id = event.get("id") or actor.get("ID") or ""
+    object_id = event_object_id(event)
     if not isinstance(action, str) or not isinstance(object_id, str):
         return None
     if kind == "container":

@@ -327,6 +327,24 @@ def volume_from(entry: Mapping[str, Any]) -> Volume:
     )
 
 
+def event_object_id(event: Mapping[str, Any]) -> Any:
+    """Given one decoded engine event, return the id of the object it is about, as the engine
+    gave it (``id``, else ``Actor.ID``; "" when neither): the caller checks its type."""
+    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
+    return event.get("id") or actor.get("ID") or ""
+
+
+def event_anchor(event: Any) -> str | None:
+    """Given one decoded engine event, return what identifies it in the engine's buffer of recent
+    events (``"timeNano Type Action id"``), or None when it has no usable time."""
+    if not isinstance(event, Mapping):
+        return None
+    nanos = event.get("timeNano")
+    if not isinstance(nanos, int) or isinstance(nanos, bool) or nanos <= 0:
+        return None
+    return f"{nanos} {event.get('Type')} {event.get('Action')} {event_object_id(event)}"
+
+
 def changed_object(event: Any) -> str | None | bool:
     """Given one decoded engine event, return the id of the image or container it changed,
     None when it changed an image it names only by reference (a pull of ``app:1``), or
@@ -339,8 +357,7 @@ def changed_object(event: Any) -> str | None | bool:
     kind = event.get("Type")
     if kind not in ("image", "container"):
         return False
-    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
-    object_id = event.get("id") or actor.get("ID") or ""
+    object_id = event_object_id(event)
     if not isinstance(object_id, str) or not object_id:
         return None
     if kind == "image" and not object_id.startswith("sha256:"):

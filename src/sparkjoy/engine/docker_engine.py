@@ -251,7 +251,7 @@ class DockerEngine:
         except EngineError:
             self.forget()
             return
-        anchors = [_anchor_of(event) for event in events]
+        anchors = [convert.event_anchor(event) for event in events]
         self._anchor = next((a for a in reversed(anchors) if a is not None), None)
         if mark is None:
             return  # nothing remembered: the events only say where this run ends
@@ -636,17 +636,6 @@ def _read_all(pool: ThreadPoolExecutor, read: Callable[[dict], T], entries: list
         if index not in asked:
             results[index] = read(entry)
     return results
-
-
-def _anchor_of(event: Any) -> str | None:
-    """Given a decoded event, return what identifies it in the engine's buffer, or None."""
-    if not isinstance(event, Mapping):
-        return None
-    nanos = event.get("timeNano")
-    if not isinstance(nanos, int) or isinstance(nanos, bool) or nanos <= 0:
-        return None
-    actor = event.get("Actor") if isinstance(event.get("Actor"), Mapping) else {}
-    return f"{nanos} {event.get('Type')} {event.get('Action')} {event.get('id') or actor.get('ID') or ''}"
 
 
 def _seconds_text(nanos: int) -> str:
