@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import tempfile
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import docker.errors
 
@@ -26,6 +26,7 @@ from sparkjoy.planner import Decision, Plan, PlannedObject, plan
 from sparkjoy.policy import LabelSelector, Policy
 
 from tests.engine import IsolatedEngine
+from tests.faultproxy import FaultProxy, Rule
 
 # "Everything counts as old": the planner's documented meaning of a negative max age.
 EVERYTHING_OLD = timedelta(seconds=-1)
@@ -153,6 +154,28 @@ def parse_engine_time(text: str) -> datetime:
     parsed = parse_time(text)
     assert parsed is not None, text
     return parsed
+
+
+# -- through a counting proxy --------------------------------------------------------------
+
+
+class Through:
+    """The test engine as seen through a proxy: what `cli` needs of an engine."""
+
+    def __init__(self, proxy: FaultProxy):
+        self.host = proxy.host
+
+
+@contextmanager
+def counting_proxy(engine: IsolatedEngine, method: str, path: str,
+                   name: str) -> Iterator[tuple[FaultProxy, Rule, Through]]:
+    """A proxy in front of the engine whose rule `name` only counts the `method` requests whose
+    path matches `path` (they pass through untouched); yields the proxy, the rule, and the engine
+    as `cli` reaches it through the proxy. Each proxy is an engine address of its own, so the
+    state database has nothing of it yet."""
+    with FaultProxy(engine.socket_path) as proxy:
+        rule = proxy.add(Rule(method, path, lambda exchange: exchange.relay(), name=name))
+        yield proxy, rule, Through(proxy)
 
 
 # -- the command line ----------------------------------------------------------------------

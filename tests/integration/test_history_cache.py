@@ -8,27 +8,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import closing
-from pathlib import Path
 
 from sparkjoy import state
 
-from tests.faultproxy import FaultProxy, Rule
 from tests.fixtures import import_image, make_layer
-from tests.integration.support import cli, remove_image_by_hand
+from tests.integration.support import cli, counting_proxy, remove_image_by_hand
 
 MB = 1_000_000
-
-
-def _count_history(proxy: FaultProxy) -> Rule:
-    """A rule that only counts: every GET .../history passes through untouched."""
-    return proxy.add(Rule("GET", r"^/images/.+/history$", lambda exchange: exchange.relay(), name="history"))
-
-
-class _Through:
-    """The test engine as seen through the proxy: what `cli` needs of an engine."""
-
-    def __init__(self, proxy: FaultProxy):
-        self.host = proxy.host
 
 
 def _without_timing(data: dict) -> dict:
@@ -39,9 +25,7 @@ def test_a_second_run_asks_only_for_the_history_of_images_it_has_not_seen(clean_
     base = [make_layer(2 * MB, seed=41)]
     first = import_image(clean_engine, MB, "cached/a:1", base=base, seed=42)
     second = import_image(clean_engine, MB, "cached/b:1", base=base, seed=43)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        history = _count_history(proxy)
-        through = _Through(proxy)
+    with counting_proxy(clean_engine, "GET", r"^/images/.+/history$", "history") as (proxy, history, through):
         cold = cli(through, "df", "-v")
         read_cold = history.matched
         assert read_cold >= 2, "images sharing a layer need their history for per-layer bytes"

@@ -23,23 +23,16 @@ import pytest
 
 from sparkjoy import state
 
-from tests.faultproxy import Exchange, FaultProxy, Rule, delay, respond, rewrite_json
+from tests.faultproxy import Exchange, Rule, delay, respond, rewrite_json
 from tests.fixtures import import_image
-from tests.integration.support import cli, json_object, parse_engine_time, tag
+from tests.integration.support import cli, counting_proxy, json_object, parse_engine_time, tag
 
 MB = 1_000_000
 
 
-def _count_inspects(proxy: FaultProxy) -> Rule:
-    """A rule that only counts: every image inspect passes through untouched."""
-    return proxy.add(Rule("GET", r"^/images/[^/]+/json$", lambda exchange: exchange.relay(), name="inspect"))
-
-
-class _Through:
-    """The test engine as seen through the proxy: what `cli` needs of an engine."""
-
-    def __init__(self, proxy: FaultProxy):
-        self.host = proxy.host
+def _counting_inspects(engine):
+    """A proxy counting image inspects (see support.counting_proxy)."""
+    return counting_proxy(engine, "GET", r"^/images/[^/]+/json$", "inspect")
 
 
 def _seen(data: dict, image_id: str) -> tuple[list[str], str | None]:
@@ -50,9 +43,7 @@ def _seen(data: dict, image_id: str) -> tuple[list[str], str | None]:
 def test_a_second_run_inspects_only_the_images_the_events_say_changed(clean_engine):
     a = import_image(clean_engine, MB, "across/a:1", seed=61)
     b = import_image(clean_engine, MB, "across/b:1", seed=62)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         first = cli(through, "df", "-v")
         assert inspects.matched >= 2
 
@@ -139,9 +130,7 @@ CANNOT_TELL = {
 
 def test_events_about_other_objects_ask_nothing_again(clean_engine):
     import_image(clean_engine, MB, "across/a:1", seed=66)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         cli(through, "df")
         proxy.add(Rule("GET", r"^/events$", _more_events(lambda: _network_events(10))))
         before = inspects.matched
@@ -153,9 +142,7 @@ def test_events_about_other_objects_ask_nothing_again(clean_engine):
 def test_when_the_events_cannot_tell_what_changed_every_image_is_inspected_again(clean_engine, fault):
     a = import_image(clean_engine, MB, "across/a:1", seed=63)
     b = import_image(clean_engine, MB, "across/b:1", seed=64)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         first = cli(through, "df", "-v")
         events = proxy.add(Rule("GET", r"^/events$", CANNOT_TELL[fault], times=1))
         before = inspects.matched
@@ -190,9 +177,7 @@ def test_a_restart_that_lost_the_engines_events_is_noticed(clean_engine):
 def test_an_event_after_the_last_runs_newest_counts_whatever_its_time(clean_engine):
     a = import_image(clean_engine, MB, "across/a:1", seed=67)
     import_image(clean_engine, MB, "across/b:1", seed=68)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         cli(through, "df")
         proxy.add(Rule("GET", r"^/events$", _more_events(_retag_event_of_long_ago(a)), times=1))
         before = inspects.matched
@@ -203,9 +188,7 @@ def test_an_event_after_the_last_runs_newest_counts_whatever_its_time(clean_engi
 def test_another_engine_behind_the_same_address_is_noticed(clean_engine):
     import_image(clean_engine, MB, "across/a:1", seed=69)
     import_image(clean_engine, MB, "across/b:1", seed=70)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         cli(through, "df")
         proxy.add(Rule("GET", r"^/info$", rewrite_json(lambda info: {**info, "ID": "another-engine"}), times=1))
         before = inspects.matched
@@ -218,9 +201,7 @@ def test_a_real_prune_inspects_every_image_afresh_and_a_dry_run_does_not(clean_e
     newest of a repository stay): a real prune plans from fresh answers only."""
     import_image(clean_engine, MB, "across/a:1", seed=71)
     import_image(clean_engine, MB, "across/b:1", seed=72)
-    with FaultProxy(clean_engine.socket_path) as proxy:
-        inspects = _count_inspects(proxy)
-        through = _Through(proxy)
+    with _counting_inspects(clean_engine) as (proxy, inspects, through):
         cli(through, "df")
         before = inspects.matched
         cli(through, "prune", "--dry-run")
