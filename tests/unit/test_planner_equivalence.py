@@ -21,7 +21,7 @@ from sparkjoy.units import format_duration
 from sparkjoy.usage import Freed, LayerLedger, ObjectKey
 
 from .builders import NOW
-from .test_planner_properties import policies, snapshots
+from .test_planner_properties import object_keys, policies, snapshots
 
 SETTINGS = settings(
     max_examples=600,
@@ -104,12 +104,7 @@ def plain_freed(snap: Snapshot, ledger: LayerLedger, deletions: list[ObjectKey])
 def test_the_ledger_frees_what_walking_every_holding_frees(generated, seed) -> None:
     snap, _ = generated
     rng = random.Random(seed)
-    everything = (
-        [(Kind.CONTAINER, c.id) for c in snap.containers]
-        + [(Kind.IMAGE, i.id) for i in snap.images]
-        + [(Kind.BUILD_CACHE, r.id) for r in snap.build_cache]
-        + [(Kind.VOLUME, v.name) for v in snap.volumes]
-    )
+    everything = object_keys(snap)
     chosen = [key for key in everything if rng.random() < 0.7]
     rng.shuffle(chosen)
     ledger = LayerLedger(snap)

@@ -233,6 +233,16 @@ def build_snapshot(
     return snap, memory
 
 
+def object_keys(snap: Snapshot) -> list[tuple[Kind, str]]:
+    """Given a snapshot, return the key of every object in it, kind by kind in listing order."""
+    return (
+        [(Kind.CONTAINER, c.id) for c in snap.containers]
+        + [(Kind.IMAGE, i.id) for i in snap.images]
+        + [(Kind.BUILD_CACHE, r.id) for r in snap.build_cache]
+        + [(Kind.VOLUME, v.name) for v in snap.volumes]
+    )
+
+
 def snapshots() -> st.SearchStrategy[tuple[Snapshot, Memory]]:
     return st.builds(
         build_snapshot,
@@ -491,12 +501,7 @@ def test_planning_twice_or_in_another_listing_order_gives_the_same_plan(generate
 def test_deleting_more_objects_never_frees_fewer_bytes_whatever_the_order(generated, subset_seed) -> None:
     snap, _ = generated
     rng = random.Random(subset_seed)
-    everything = (
-        [(Kind.CONTAINER, c.id) for c in snap.containers]
-        + [(Kind.IMAGE, i.id) for i in snap.images]
-        + [(Kind.BUILD_CACHE, r.id) for r in snap.build_cache]
-        + [(Kind.VOLUME, v.name) for v in snap.volumes]
-    )
+    everything = object_keys(snap)
     smaller = [key for key in everything if rng.random() < 0.5]
     larger = smaller + [key for key in everything if key not in smaller and rng.random() < 0.5]
     ledger = LayerLedger(snap)
