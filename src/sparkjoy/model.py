@@ -22,7 +22,7 @@ class Kind(str, Enum):
     VOLUME = "volume"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Layer:
     """One image layer, identified by its chain ID (so equal content on equal parents is one layer)."""
 
@@ -30,7 +30,7 @@ class Layer:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Image:
     id: str
     repo_tags: tuple[str, ...]
@@ -96,7 +96,7 @@ class ContainerState(str, Enum):
         return self in (ContainerState.CREATED, ContainerState.EXITED, ContainerState.DEAD)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
     id: str
     names: tuple[str, ...]
@@ -114,7 +114,7 @@ class Container:
         return short_id(self.id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BuildCacheRecord:
     id: str
     parent: str
@@ -132,7 +132,7 @@ class BuildCacheRecord:
         return self.id[:12]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Volume:
     name: str
     driver: str

@@ -35,6 +35,11 @@ from .model import BuildCacheRecord, Image, Kind, Snapshot
 
 ObjectKey = tuple[Kind, str]
 
+# Past this many images without layer detail that share bytes, the bytes a detailed image may
+# share with one of them are never predicted freed, rather than held by all of them (a holding
+# per detailed image, each listing every such image, would grow with the square of the count).
+_UNSEEN_HOLDERS_LIMIT = 32
+
 
 def engine_usage(snapshot: Snapshot) -> int:
     """Given a snapshot, return the bytes the engine uses on disk, each byte once.
@@ -167,11 +172,45 @@ class LayerLedger:
         for volume in snapshot.volumes:
             if volume.size > 0:
                 own[(Kind.VOLUME, volume.name)] += volume.size
+        taken_back += self._share_with_unseen_layers(snapshot, own, image_keys)
         # An image all of whose layers turned out shared holds nothing alone.
         for key in taken_back:
             if key in own and not own[key]:
                 del own[key]
         self._own = dict(own)
+
+    def _share_with_unseen_layers(
+        self, snapshot: Snapshot, own: dict[ObjectKey, int], image_keys: dict[str, ObjectKey]
+    ) -> list[ObjectKey]:
+        """Take back the bytes an image holds alone by its layers that the engine says it shares.
+
+        An image without layer detail (its history did not fit its layers) that shares bytes
+        hides which layers it shares: a detailed image's layer may be one of them, although no
+        other listed layer list shows it. The engine's own figure, size minus shared size, is the
+        detailed image's true unique part; what its layers hold alone beyond that is shared with
+        one of those images. Those bytes become a holding of the image and every such image
+        (deleting all of them frees it), or, past ``_UNSEEN_HOLDERS_LIMIT`` of them, are never
+        predicted. Returns the images whose bytes were taken back.
+        """
+        unseen = tuple(
+            dict.fromkeys(image_keys[i.id] for i in snapshot.images if not i.layers and i.shared_size != 0))
+        if not unseen:
+            return []
+        taken: list[ObjectKey] = []
+        for image in snapshot.images:
+            key = image_keys[image.id]
+            if not image.layers or image.shared_size < 0 or key in taken:
+                continue
+            excess = own.get(key, 0) - max(image.size - image.shared_size, 0)
+            if excess <= 0:
+                continue
+            own[key] -= excess
+            taken.append(key)
+            if len(unseen) <= _UNSEEN_HOLDERS_LIMIT:
+                self._sizes.append(excess)
+                self._holders.append((key, *unseen))
+                self._image_holders.append(1 + len(unseen))
+        return taken
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
         """Given a build-cache record, return the chain ids of the layers it holds or may hold."""

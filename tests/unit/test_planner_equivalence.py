@@ -82,6 +82,22 @@ def plain_freed(snap: Snapshot, ledger: LayerLedger, deletions: list[ObjectKey])
             holdings.append((record.size, [(Kind.BUILD_CACHE, record.id)]))
     holdings += [(layer_size[chain], holders) for chain, holders in layer_holders.items() if layer_size[chain] > 0]
     holdings += [(c.size_rw, [(Kind.CONTAINER, c.id)]) for c in snap.containers if c.size_rw > 0]
+    # Images without layer detail that share bytes may share any detailed image's layer: what a
+    # detailed image holds alone beyond the engine's unique part (size - shared) is held by it
+    # and all of them, or by something never deleted past the limit.
+    unseen = list(dict.fromkeys((Kind.IMAGE, i.id) for i in snap.images if not i.layers and i.shared_size != 0))
+    if unseen:
+        capped = set()
+        for image in snap.images:
+            key = (Kind.IMAGE, image.id)
+            if not image.layers or image.shared_size < 0 or key in capped:
+                continue
+            alone = sum(size for size, holders in holdings if holders == [key])
+            excess = alone - max(image.size - image.shared_size, 0)
+            if excess > 0:
+                capped.add(key)
+                holdings.append((-excess, [key]))
+                holdings.append((excess, [key, *unseen] if len(unseen) <= 32 else [key, ("never", "deleted")]))
     holdings += [(v.size, [(Kind.VOLUME, v.name)]) for v in snap.volumes if v.size > 0]
 
     position = {key: index for index, key in enumerate(deletions)}
