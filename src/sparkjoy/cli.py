@@ -19,9 +19,9 @@ import click
 from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
-from .executor import Executor, ObjectResult, Outcome, RunResult
+from .executor import Executor, ObjectResult, RunResult
 from .model import Kind
-from .planner import EMPTY_MEMORY, Plan, owners_left_behind, plan as make_plan
+from .planner import EMPTY_MEMORY, Plan, plan as make_plan
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -130,10 +130,7 @@ def _remember_after_prune(settings: config.Settings, engine: DockerEngine, plan:
     try:
         remembered.ensure_seen([image.id for image in plan.snapshot.images], plan.snapshot.taken_at)
         if result is not None:
-            deleted = [r.planned.id for r in result.results
-                       if r.planned.kind is Kind.IMAGE and r.outcome is Outcome.DELETED]
-            remembered.record_cache_owners(owners_left_behind(plan, deleted, datetime.now(timezone.utc)),
-                                           [r.id for r in plan.snapshot.build_cache])
+            remembered.remember_left_behind(plan, result.deleted_ids(Kind.IMAGE), datetime.now(timezone.utc))
     finally:
         remembered.close()
 

@@ -76,6 +76,10 @@ class RunResult:
     def count(self, kind: Kind, outcome: Outcome = Outcome.DELETED) -> int:
         return sum(1 for r in self.results if r.planned.kind is kind and r.outcome is outcome)
 
+    def deleted_ids(self, kind: Kind) -> set[str]:
+        """Given a kind, return the ids of the objects of it this run deleted."""
+        return {r.planned.id for r in self.results if r.planned.kind is kind and r.outcome is Outcome.DELETED}
+
 
 class Reporter(Protocol):
     def object_done(self, result: ObjectResult) -> None: ...

@@ -89,6 +89,9 @@ class Plan:
     now: datetime
     policy: Policy
     snapshot: Snapshot = field(repr=False, compare=False)
+    # The snapshot's byte ledger the planner built, kept for what a run asks after it
+    # (owners_left_behind); None for a plan made by hand.
+    ledger: LayerLedger | None = field(default=None, repr=False, compare=False)
 
     @property
     def deletions(self) -> tuple[PlannedObject, ...]:
@@ -170,7 +173,8 @@ def owners_left_behind(plan: Plan, deleted_images: Iterable[str],
     left = {r.id for r in plan.snapshot.build_cache} - {
         o.id for o in plan.deletions if o.kind is Kind.BUILD_CACHE}
     owners: dict[str, tuple[CacheOwner, ...]] = {}
-    for record_id, holders in LayerLedger(plan.snapshot).records_holding_images().items():
+    ledger = plan.ledger if plan.ledger is not None else LayerLedger(plan.snapshot)
+    for record_id, holders in ledger.records_holding_images().items():
         gone = sorted(h for h in holders if h in deleted)
         if record_id in left and gone:
             owners[record_id] = tuple(CacheOwner(images[i].repo_tags, dict(images[i].labels), when) for i in gone)
@@ -271,7 +275,7 @@ class _Planner:
                 o.bytes_held_by_cache = held.get(key, 0)
         _freeze(containers, self._images_made, self._records_made, volumes)
         frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
-        return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot)
+        return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot, ledger=ledger)
 
     # -- containers -------------------------------------------------------------------
 

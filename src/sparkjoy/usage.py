@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from itertools import count, repeat
 from typing import Iterable, Sequence
 
-from .model import BuildCacheRecord, Image, Kind, Snapshot
+from .model import BuildCacheRecord, Kind, Snapshot
 
 ObjectKey = tuple[Kind, str]
 

@@ -7,7 +7,7 @@ reason must contain, so a scenario also fails when an object is silently dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import pytest
@@ -717,3 +717,8 @@ def test_a_run_remembers_whose_layers_the_cache_it_left_held() -> None:
     # The run deleted a and b (r-b too): r-a is left holding a's layer; c was not deleted.
     assert owners_left_behind(the_plan, ["a", "b"]) == {"r-a": (CacheOwner(("a:1",), {"project": "p1"}),)}
     assert owners_left_behind(the_plan, []) == {}
+    # The plan keeps the ledger the planner built, so a run's end does not build it again; a plan
+    # made by hand, without one, gets the same answer from a ledger built then.
+    assert the_plan.ledger is not None and the_plan.ledger.record_layer == {"r-a": "a-layer", "r-b": "b-layer",
+                                                                            "r-c": "c-layer"}
+    assert owners_left_behind(replace(the_plan, ledger=None), ["a", "b"]) == owners_left_behind(the_plan, ["a", "b"])

@@ -45,7 +45,7 @@ from ..engine.docker_engine import DockerEngine
 from ..errors import ConfigError, EngineError, EngineUnreachable, SparkjoyError
 from ..executor import Executor, ObjectResult, Outcome, RunResult
 from ..model import Kind, Snapshot
-from ..planner import owners_left_behind, plan as make_plan
+from ..planner import plan as make_plan
 from ..policy import Policy
 from ..state import State
 from ..units import format_bytes, format_duration
@@ -670,11 +670,9 @@ class Supervisor:
             return
         duration = time.monotonic() - started
 
-        deleted_images = {r.planned.id for r in result.results
-                          if r.planned.kind is Kind.IMAGE and r.outcome is Outcome.DELETED}
+        deleted_images = result.deleted_ids(Kind.IMAGE)
         self.state.forget_except(set(image_ids) - deleted_images)
-        self.state.record_cache_owners(owners_left_behind(the_plan, deleted_images, self.clock()),
-                                       [r.id for r in snapshot.build_cache])
+        self.state.remember_left_behind(the_plan, deleted_images, self.clock())
         if trigger is not Trigger.DISK_PRESSURE:
             # Eviction is not the policy's prune: it does not move the interval or build count.
             self.state.record_prune(now)

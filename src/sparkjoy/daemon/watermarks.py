@@ -65,7 +65,7 @@ def plan_eviction(eligible: Plan, need_bytes: int) -> Eviction:
     -> the two used 3h and 2h ago are evicted, the third stays ("not needed").
     """
     snapshot = eligible.snapshot
-    ledger = LayerLedger(snapshot)
+    ledger = eligible.ledger if eligible.ledger is not None else LayerLedger(snapshot)
     position = {o.key: index for index, o in enumerate(eligible.objects)}
     candidates = {o.key: o for o in eligible.deletions if o.kind in EVICTABLE}
 
@@ -117,7 +117,7 @@ def plan_eviction(eligible: Plan, need_bytes: int) -> Eviction:
             objects.append(replace(o, decision=Decision.KEEP, bytes=0, bytes_held_by_cache=0, reason=why))
         else:
             objects.append(o)
-    plan = Plan(objects=tuple(objects), now=eligible.now, policy=eligible.policy, snapshot=snapshot)
+    plan = Plan(objects=tuple(objects), now=eligible.now, policy=eligible.policy, snapshot=snapshot, ledger=ledger)
     shortfall = max(need_bytes - freed.total, 0)
     protected: dict[str, int] = {}
     if shortfall:
