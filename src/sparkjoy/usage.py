@@ -22,6 +22,11 @@ guessed: it counts as a possible holder of each of them, so deleting those image
 predicted to free nothing now (the bytes are "held by cache"), never bytes a record keeps.
 A shared record that matches no layer is treated as sharing its bytes with something
 that stays: it is predicted to free nothing.
+
+An image the engine gave no layer detail for (its history did not fit its layers) is counted
+as a whole: its unique part (size minus the engine's shared size) is its own. Its shared part
+may be any detailed image's layer, so a detailed image never holds alone more than the
+engine's own unique figure for it; the rest is held by it and every such image.
 """
 
 from __future__ import annotations
@@ -93,14 +98,16 @@ class LayerLedger:
         self._image_holders: list[int] = []
         own: dict[ObjectKey, int] = defaultdict(int)
         image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
-        # chain id -> its size, the chain id below it, and the images holding it (in listing
-        # order; an image listed twice is there twice). First sighting wins for size and parent.
-        layer_size: dict[str, int] = {}
-        layer_parent: dict[str, str] = {}
-        layer_images: dict[str, list[ObjectKey]] = {}
+        # chain id -> its size, the chain id below it and the first image showing it (first
+        # sighting wins), in the order first seen; and chain id -> the images showing it after
+        # that one, for a layer shown more than once (an image listed twice is there twice).
+        # One entry per layer at first sight, a list only for the shared ones.
+        first: dict[str, tuple[int, str, ObjectKey]] = {}
+        more: dict[str, list[ObjectKey]] = {}
+        image_kind = Kind.IMAGE
 
         for image in snapshot.images:
-            key = image_keys.setdefault(image.id, (Kind.IMAGE, image.id))
+            key = image_keys.setdefault(image.id, (image_kind, image.id))
             if image.layers:
                 # Each layer's bytes are first counted as the image's own, by the image that shows
                 # it first; a layer that turns out to have other holders is taken back below.
@@ -108,15 +115,17 @@ class LayerLedger:
                 previous = ""
                 for layer in image.layers:
                     chain_id = layer.chain_id
-                    holders = layer_images.get(chain_id)
-                    if holders is None:
-                        layer_images[chain_id] = [key]
-                        layer_size[chain_id] = size = layer.size
-                        layer_parent[chain_id] = previous
+                    if chain_id in first:
+                        others = more.get(chain_id)
+                        if others is None:
+                            more[chain_id] = [key]
+                        else:
+                            others.append(key)
+                    else:
+                        size = layer.size
+                        first[chain_id] = (size, previous, key)
                         if size > 0:
                             alone += size
-                    else:
-                        holders.append(key)
                     previous = chain_id
                 if alone:
                     own[key] += alone
@@ -129,13 +138,14 @@ class LayerLedger:
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
                     own[key] += unique
-        self._layer_images = layer_images
+        self._first = first
+        self._more = more
 
         # build-cache record id -> chain id of the layer it holds; and for a record that
         # matches several layers of its size with nothing to tell them apart, every one of them
         # (it may hold any): each such layer counts the record among its holders, so deleting
         # an image never promises bytes a record may still hold (they are "held by cache").
-        self.record_layer, self.record_candidates = _match_records(snapshot.build_cache, layer_size, layer_parent)
+        self.record_layer, self.record_candidates = _match_records(snapshot.build_cache, first)
         layer_records: dict[str, list[ObjectKey]] = defaultdict(list)
         for record_id, chain_id in self.record_layer.items():
             layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
@@ -146,17 +156,17 @@ class LayerLedger:
         # The layers with other holders than the image that showed them first (in the order
         # first seen): their bytes become a holding, no longer that image's own.
         taken_back: list[ObjectKey] = []
-        for chain_id in [c for c, images in layer_images.items() if len(images) > 1 or c in layer_records]:
-            size = layer_size[chain_id]
+        for chain_id in [c for c in first if c in more or c in layer_records]:
+            size, _, head = first[chain_id]
             if size <= 0:
                 continue
-            images = layer_images[chain_id]
-            holders = tuple(dict.fromkeys(images)) if len(images) > 1 else tuple(images)
+            others = more.get(chain_id)
+            holders = tuple(dict.fromkeys((head, *others))) if others else (head,)
             records = layer_records.get(chain_id, ())
             holders += tuple(records)
             if len(holders) > 1:  # (one holder: an image that lists the layer twice)
-                own[images[0]] -= size
-                taken_back.append(images[0])
+                own[head] -= size
+                taken_back.append(head)
                 self._sizes.append(size)
                 self._holders.append(holders)
                 self._image_holders.append(len(holders) - len(records))
@@ -222,9 +232,16 @@ class LayerLedger:
         """Given the ledger, return build-cache record id -> ids of images containing its layer
         (any of its candidate layers, for a record that cannot be told apart)."""
         return {
-            rid: {image_id for chain in self.record_chains(rid) for _, image_id in self._layer_images.get(chain, ())}
+            rid: {image_id for chain in self.record_chains(rid) for _, image_id in self._images_showing(chain)}
             for rid in (*self.record_layer, *self.record_candidates)
         }
+
+    def _images_showing(self, chain_id: str) -> list[ObjectKey]:
+        """Given a chain id, return the images whose layers show it, in listing order."""
+        seen = self._first.get(chain_id)
+        if seen is None:
+            return []
+        return [seen[2], *self._more.get(chain_id, ())]
 
     def freed(self, deletions: Sequence[ObjectKey]) -> Freed:
         """Given the objects to delete in execution order, return the bytes each frees.
@@ -256,15 +273,16 @@ class LayerLedger:
 
 
 def _match_records(
-    records: Iterable[BuildCacheRecord], layer_size: dict[str, int], layer_parent: dict[str, str]
+    records: Iterable[BuildCacheRecord], layers: dict[str, tuple[int, str, ObjectKey]]
 ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """Given build-cache records and image layers, return record id -> chain id of the layer it
-    holds, and for records several layers fit equally, record id -> those layers' chain ids."""
+    """Given build-cache records and image layers (chain id -> size, parent chain id, first
+    image), return record id -> chain id of the layer it holds, and for records several layers
+    fit equally, record id -> those layers' chain ids."""
     shared = {r.id: r for r in records if r.shared and r.size > 0}
     # Only a size some shared record has can match: index the layers of those sizes alone.
     wanted = {r.size for r in shared.values()}
     by_size: dict[int, list[str]] = defaultdict(list)
-    for chain_id, size in layer_size.items():
+    for chain_id, (size, _, _) in layers.items():
         if size in wanted:
             by_size[size].append(chain_id)
     for candidates in by_size.values():
@@ -287,7 +305,7 @@ def _match_records(
             visiting.add(record.id)
             parent_layer = match(shared[record.parent])
             visiting.discard(record.id)
-            preferred = [c for c in candidates if parent_layer and layer_parent.get(c) == parent_layer]
+            preferred = [c for c in candidates if parent_layer and layers[c][1] == parent_layer]
             if preferred:
                 candidates = preferred
         if len(candidates) > 1:
