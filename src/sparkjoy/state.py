@@ -240,13 +240,13 @@ class State:
         owners = {record_id: found for record_id, text in owner_rows if (found := _owners_from(text))}
         return Memory(last_used=last_used, first_seen=first_seen, cache_owners=owners)
 
-    @_recovering(None)
     def remember_left_behind(self, plan: Plan, deleted_images: Iterable[str], when: datetime) -> None:
         """Given a real prune's plan, the images it deleted and when it ended, remember the
         owners of the build cache it left behind (``owners_left_behind``)."""
         self.record_cache_owners(owners_left_behind(plan, deleted_images, when),
                                  [r.id for r in plan.snapshot.build_cache])
 
+    @_recovering(None)
     def record_cache_owners(self, owners: Mapping[str, tuple[CacheOwner, ...]], records: Iterable[str]) -> None:
         """Given build-cache record id -> images of it a prune deleted (``owners_left_behind``) and
         the records the engine has, add them to what is remembered; records gone are forgotten."""

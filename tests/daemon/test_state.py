@@ -276,3 +276,14 @@ def test_an_unreadable_cache_owners_row_counts_as_no_owners(tmp_path: Path) -> N
     state._db.execute("INSERT INTO cache_owners VALUES ('unix:///e1', 'r2', '[{\"tags\": [\"a:1\"], \"labels\": {}}, 3]')")
     state._db.execute("INSERT INTO cache_owners VALUES ('unix:///e1', 'r3', '[{\"tags\": [\"a:1\"], \"labels\": {\"k\": 1}}]')")
     assert state.memory().cache_owners == {}
+
+
+def test_every_method_that_reads_or_writes_the_database_is_guarded() -> None:
+    # A database failure costs one call with a warning, never the daemon (``_recovering``):
+    # each public method touching the file carries the guard; the others only delegate to one.
+    import inspect
+
+    not_touching = {"close", "remember_left_behind", "open"}
+    unguarded = [name for name, method in inspect.getmembers(State, inspect.isfunction)
+                 if not name.startswith("_") and name not in not_touching and not hasattr(method, "__wrapped__")]
+    assert unguarded == []
