@@ -25,8 +25,10 @@ that stays: it is predicted to free nothing.
 
 An image the engine gave no layer detail for (its history did not fit its layers) is counted
 as a whole: its unique part (size minus the engine's shared size) is its own. Its shared part
-may be any detailed image's layer, so a detailed image never holds alone more than the
-engine's own unique figure for it; the rest is held by it and every such image.
+may be any detailed image's layer: it counts among the holders of every shared layer no
+larger than its shared size, and a detailed image never holds alone more than the engine's
+own unique figure for it allows; the rest is held by it and every such image. An image listed
+twice counts once, as first listed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from itertools import count, repeat
 from typing import Iterable, Sequence
 
-from .model import BuildCacheRecord, Kind, Snapshot
+from .model import BuildCacheRecord, Image, Kind, Snapshot
 
 ObjectKey = tuple[Kind, str]
 
@@ -100,15 +102,23 @@ class LayerLedger:
         image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
         # chain id -> its size, the chain id below it and the first image showing it (first
         # sighting wins), in the order first seen; and chain id -> the images showing it after
-        # that one, for a layer shown more than once (an image listed twice is there twice).
-        # One entry per layer at first sight, a list only for the shared ones.
+        # that one, for a layer shown more than once. One entry per layer at first sight, a list
+        # only for the shared ones.
         first: dict[str, tuple[int, str, ObjectKey]] = {}
         more: dict[str, list[ObjectKey]] = {}
         image_kind = Kind.IMAGE
+        # The images with layer detail; and those without it that share bytes, with their
+        # shared size (-1: unknown): they may hold any layer of the others (see _hidden_holders).
+        detailed: list[Image] = []
+        unseen: list[tuple[ObjectKey, int]] = []
+        opaque: list[ObjectKey] = []  # the images without layer detail with a unique part
 
         for image in snapshot.images:
-            key = image_keys.setdefault(image.id, (image_kind, image.id))
+            if image.id in image_keys:  # listed again: its first listing counts, once
+                continue
+            key = image_keys[image.id] = (image_kind, image.id)
             if image.layers:
+                detailed.append(image)
                 # Each layer's bytes are first counted as the image's own, by the image that shows
                 # it first; a layer that turns out to have other holders is taken back below.
                 alone = 0
@@ -138,6 +148,9 @@ class LayerLedger:
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
                     own[key] += unique
+                    opaque.append(key)
+                if image.shared_size != 0:
+                    unseen.append((key, image.shared_size))
         self._first = first
         self._more = more
 
@@ -154,64 +167,103 @@ class LayerLedger:
                 layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
 
         # The layers with other holders than the image that showed them first (in the order
-        # first seen): their bytes become a holding, no longer that image's own.
+        # first seen): their bytes become a holding, no longer that image's own. Images without
+        # layer detail that may share such a layer hold it too (or, past the limit, something
+        # that never goes does: it is never predicted).
         taken_back: list[ObjectKey] = []
+        # image -> bytes of its layers that no other detailed image shows but build cache holds.
+        held_with_cache: dict[ObjectKey, int] = {}
         for chain_id in [c for c in first if c in more or c in layer_records]:
             size, _, head = first[chain_id]
             if size <= 0:
                 continue
             others = more.get(chain_id)
-            holders = tuple(dict.fromkeys((head, *others))) if others else (head,)
-            records = layer_records.get(chain_id, ())
-            holders += tuple(records)
-            if len(holders) > 1:  # (one holder: an image that lists the layer twice)
+            images = tuple(dict.fromkeys((head, *others))) if others else (head,)
+            records = tuple(layer_records.get(chain_id, ()))
+            hidden = tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
+            if len(images) + len(records) > 1:  # (one holder: an image that lists the layer twice)
                 own[head] -= size
                 taken_back.append(head)
+                if len(images) == 1:
+                    held_with_cache[head] = held_with_cache.get(head, 0) + size
+                if len(hidden) > _UNSEEN_HOLDERS_LIMIT:
+                    continue
                 self._sizes.append(size)
-                self._holders.append(holders)
-                self._image_holders.append(len(holders) - len(records))
+                self._holders.append(images + hidden + records)
+                self._image_holders.append(len(images) + len(hidden))
 
         for record in snapshot.build_cache:
             if record.size > 0 and not record.shared:
                 own[(Kind.BUILD_CACHE, record.id)] += record.size
             # A shared record without a matching layer shares its bytes with something we
             # cannot see: deleting it is predicted to free nothing.
+        if opaque:
+            taken_back += self._hold_with_unmatched_records(snapshot.build_cache, opaque, own)
         for container in snapshot.containers:
             if container.size_rw > 0:
                 own[(Kind.CONTAINER, container.id)] += container.size_rw
         for volume in snapshot.volumes:
             if volume.size > 0:
                 own[(Kind.VOLUME, volume.name)] += volume.size
-        taken_back += self._share_with_unseen_layers(snapshot, own, image_keys)
+        if unseen:
+            taken_back += self._share_with_unseen_images(detailed, tuple(u for u, _ in unseen), own,
+                                                         held_with_cache)
         # An image all of whose layers turned out shared holds nothing alone.
         for key in taken_back:
             if key in own and not own[key]:
                 del own[key]
         self._own = dict(own)
 
-    def _share_with_unseen_layers(
-        self, snapshot: Snapshot, own: dict[ObjectKey, int], image_keys: dict[str, ObjectKey]
+    def _hold_with_unmatched_records(
+        self, records: Iterable[BuildCacheRecord], opaque: list[ObjectKey], own: dict[ObjectKey, int]
     ) -> list[ObjectKey]:
-        """Take back the bytes an image holds alone by its layers that the engine says it shares.
+        """Take back the unique part of an image without layer detail that build cache may hold.
 
-        An image without layer detail (its history did not fit its layers) that shares bytes
-        hides which layers it shares: a detailed image's layer may be one of them, although no
-        other listed layer list shows it. The engine's own figure, size minus shared size, is the
-        detailed image's true unique part; what its layers hold alone beyond that is shared with
-        one of those images. Those bytes become a holding of the image and every such image
-        (deleting all of them frees it), or, past ``_UNSEEN_HOLDERS_LIMIT`` of them, are never
-        predicted. Returns the images whose bytes were taken back.
+        A shared build-cache record matched to no layer may hold a layer of an image without
+        layer detail, its unique part included: that part is then held by the image and every
+        such record no larger than it (deleting the image alone frees it once that cache goes:
+        "held by cache"), or, past ``_UNSEEN_HOLDERS_LIMIT`` records, never predicted.
+        Returns the images whose bytes were taken back.
         """
-        unseen = tuple(
-            dict.fromkeys(image_keys[i.id] for i in snapshot.images if not i.layers and i.shared_size != 0))
-        if not unseen:
+        unmatched = [r for r in records if r.shared and r.size > 0
+                     and r.id not in self.record_layer and r.id not in self.record_candidates]
+        if not unmatched:
             return []
         taken: list[ObjectKey] = []
-        for image in snapshot.images:
-            key = image_keys[image.id]
-            if not image.layers or image.shared_size < 0 or key in taken:
+        for key in opaque:
+            unique = own[key]
+            fitting = tuple(dict.fromkeys((Kind.BUILD_CACHE, r.id) for r in unmatched if r.size <= unique))
+            if not fitting:
                 continue
-            excess = own.get(key, 0) - max(image.size - image.shared_size, 0)
+            own[key] -= unique
+            taken.append(key)
+            if len(fitting) <= _UNSEEN_HOLDERS_LIMIT:
+                self._sizes.append(unique)
+                self._holders.append((key, *fitting))
+                self._image_holders.append(1)
+        return taken
+
+    def _share_with_unseen_images(
+        self, detailed: list[Image], unseen: tuple[ObjectKey, ...], own: dict[ObjectKey, int],
+        held_with_cache: dict[ObjectKey, int]
+    ) -> list[ObjectKey]:
+        """Take back the bytes a detailed image holds alone beyond what the engine says it holds alone.
+
+        An image without layer detail that shares bytes hides which layers it shares: a detailed
+        image's layer may be one of them, although no other layer list shows it. The engine's
+        own figure, size minus shared size, is what a detailed image holds alone among images
+        (unknown, -1: nothing is known to be its alone), and part of that may be held by build
+        cache too (``held_with_cache``, already a holding). What its layers hold alone beyond the
+        rest is shared with one of the images without detail: those bytes become a holding of
+        the image and every such image (deleting all of them frees it), or, past
+        ``_UNSEEN_HOLDERS_LIMIT`` of them, are never predicted. Returns the images whose bytes
+        were taken back.
+        """
+        taken: list[ObjectKey] = []
+        for image in detailed:
+            key = (Kind.IMAGE, image.id)
+            unique = image.size - image.shared_size if image.shared_size >= 0 else 0
+            excess = own.get(key, 0) - max(unique - held_with_cache.get(key, 0), 0)
             if excess <= 0:
                 continue
             own[key] -= excess

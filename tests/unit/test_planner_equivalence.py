@@ -62,10 +62,15 @@ def test_images_and_records_come_in_the_order_of_their_documented_sort_key(gener
 
 def plain_freed(snap: Snapshot, ledger: LayerLedger, deletions: list[ObjectKey]) -> Freed:
     """Every byte as a holding with all its holders, walked one by one (the ledger's definition)."""
+    limit = 32  # usage._UNSEEN_HOLDERS_LIMIT: past it, the holding is held by something that never goes
+    never = (Kind.VOLUME, "\0never deleted")
+    images = list({i.id: i for i in reversed(snap.images)}.values())[::-1]  # each id once, as first listed
+    unseen = [((Kind.IMAGE, i.id), i.shared_size) for i in images if not i.layers and i.shared_size != 0]
     holdings: list[tuple[int, list[ObjectKey]]] = []
     layer_size: dict[str, int] = {}
     layer_holders: dict[str, list[ObjectKey]] = {}
-    for image in snap.images:
+    opaque: dict[ObjectKey, int] = {}
+    for image in images:
         key = (Kind.IMAGE, image.id)
         for layer in image.layers:
             layer_size.setdefault(layer.chain_id, layer.size)
@@ -73,31 +78,53 @@ def plain_freed(snap: Snapshot, ledger: LayerLedger, deletions: list[ObjectKey])
             if key not in holders:
                 holders.append(key)
         if not image.layers and image.shared_size >= 0 and image.size > image.shared_size:
-            holdings.append((image.size - image.shared_size, [key]))
+            opaque[key] = image.size - image.shared_size
     for record in snap.build_cache:
         for chain_id in ledger.record_chains(record.id):
             if (Kind.BUILD_CACHE, record.id) not in layer_holders[chain_id]:
                 layer_holders[chain_id].append((Kind.BUILD_CACHE, record.id))
         if record.size > 0 and not record.shared:
             holdings.append((record.size, [(Kind.BUILD_CACHE, record.id)]))
-    holdings += [(layer_size[chain], holders) for chain, holders in layer_holders.items() if layer_size[chain] > 0]
-    holdings += [(c.size_rw, [(Kind.CONTAINER, c.id)]) for c in snap.containers if c.size_rw > 0]
-    # Images without layer detail that share bytes may share any detailed image's layer: what a
-    # detailed image holds alone beyond the engine's unique part (size - shared) is held by it
-    # and all of them, or by something never deleted past the limit.
-    unseen = list(dict.fromkeys((Kind.IMAGE, i.id) for i in snap.images if not i.layers and i.shared_size != 0))
-    if unseen:
-        capped = set()
-        for image in snap.images:
-            key = (Kind.IMAGE, image.id)
-            if not image.layers or image.shared_size < 0 or key in capped:
-                continue
-            alone = sum(size for size, holders in holdings if holders == [key])
-            excess = alone - max(image.size - image.shared_size, 0)
+    # A shared layer may be held by images without detail no smaller in shared size than it.
+    alone: dict[ObjectKey, int] = {}
+    with_cache: dict[ObjectKey, int] = {}
+    for chain, holders in layer_holders.items():
+        size = layer_size[chain]
+        if size <= 0:
+            continue
+        if len(holders) == 1:
+            alone[holders[0]] = alone.get(holders[0], 0) + size
+            continue
+        hidden = [u for u, shared in unseen if shared < 0 or size <= shared]
+        image_holders = [h for h in holders if h[0] is Kind.IMAGE]
+        if len(image_holders) == 1:
+            with_cache[image_holders[0]] = with_cache.get(image_holders[0], 0) + size
+        holdings.append((size, holders + hidden if len(hidden) <= limit else holders + [never]))
+    # A detailed image holds alone at most its engine unique part less what build cache holds of
+    # it; the rest is held with every image without detail that shares bytes.
+    for image in images:
+        key = (Kind.IMAGE, image.id)
+        if not image.layers:
+            continue
+        mine = alone.get(key, 0)
+        if unseen:
+            unique = image.size - image.shared_size if image.shared_size >= 0 else 0
+            excess = mine - max(unique - with_cache.get(key, 0), 0)
             if excess > 0:
-                capped.add(key)
-                holdings.append((-excess, [key]))
-                holdings.append((excess, [key, *unseen] if len(unseen) <= 32 else [key, ("never", "deleted")]))
+                mine -= excess
+                others = [u for u, _ in unseen]
+                holdings.append((excess, [key, *others] if len(others) <= limit else [key, never]))
+        if mine:
+            holdings.append((mine, [key]))
+    # The unique part of an image without detail may be held by a shared record matched to no
+    # layer, no larger than it.
+    unmatched = [(Kind.BUILD_CACHE, r.id) for r in snap.build_cache
+                 if r.shared and r.size > 0 and not ledger.record_chains(r.id)]
+    sizes = {(Kind.BUILD_CACHE, r.id): r.size for r in snap.build_cache}
+    for key, unique in opaque.items():
+        fitting = list(dict.fromkeys(r for r in unmatched if sizes[r] <= unique))
+        holdings.append((unique, [key, *fitting] if len(fitting) <= limit else [key, never]))
+    holdings += [(c.size_rw, [(Kind.CONTAINER, c.id)]) for c in snap.containers if c.size_rw > 0]
     holdings += [(v.size, [(Kind.VOLUME, v.name)]) for v in snap.volumes if v.size > 0]
 
     position = {key: index for index, key in enumerate(deletions)}
