@@ -12,6 +12,7 @@ bench/results/*.json and docs/benchmarks.md (with PNG charts).
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import math
@@ -20,13 +21,13 @@ import platform
 import re
 import shlex
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from contextlib import closing
-from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -536,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     global CACHE
     if args.smoke:
-        CACHE = Path(tempfile.mkdtemp(prefix="sjbench-smoke-"))
+        # Tiny workloads, built afresh each time beside the results, and removed at exit: a
+        # smoke run (the test suite makes one) leaves no file system images behind.
+        CACHE = Path(tempfile.mkdtemp(prefix="sjbench-smoke-", dir=out))
+        atexit.register(shutil.rmtree, CACHE, True)
 
     from bench.engines import BenchEngine
 

@@ -15,9 +15,11 @@ runs only the fast tests.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -37,6 +39,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # default /var/lib/sparkjoy/state.db). Tests keep theirs in a directory of the session's
     # own, inherited by every sparkjoy process they start, so they never write the machine's.
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="sparkjoy-state-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    if Path(state_home).name.startswith("sparkjoy-state-"):
+        shutil.rmtree(state_home, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -37,3 +37,5 @@ def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
     assert [s["images"] for s in scales] == [100, 300]
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Headline" in report and "## W3" in report
+    # The smoke workloads' file system images (tens of MB each) are gone once the run ends.
+    assert not list(tmp_path.glob("sjbench-smoke-*"))

@@ -54,8 +54,11 @@ class Env:
         self.docker_config.mkdir(exist_ok=True)
         empty = self.tmp / "empty.toml"
         empty.write_text("")
+        # XDG_STATE_HOME too: as root the state database would default to the machine's own
+        # /var/lib/sparkjoy/state.db.
         self.vars.update(HOME=str(self.home), DOCKER_CONFIG=str(self.docker_config),
-                         XDG_CONFIG_HOME=str(self.tmp / "xdg"), SPARKJOY_CONFIG=str(empty))
+                         XDG_CONFIG_HOME=str(self.tmp / "xdg"), XDG_STATE_HOME=str(self.tmp / "state"),
+                         SPARKJOY_CONFIG=str(empty))
 
 
 def audited(args: tuple[str, ...] | list[str]) -> list[str]:
@@ -545,6 +548,12 @@ def test_df_table_shows_count_bytes_and_reclaimable_per_kind_and_the_largest(env
     assert f"Images, largest {min(5, counts['image'])} of {counts['image']}:" in done.stdout
     assert "Total on disk:" in done.stdout
     assert "sjt/old:1" in done.stdout  # the largest image is listed by name
+
+
+def test_runs_keep_their_state_in_the_tests_directory_never_the_machines(env: Env, mess: Mess) -> None:
+    # As root the default is /var/lib/sparkjoy/state.db: a test must never write the machine's.
+    expect(sparkjoy(env, "df"), 0)
+    assert (env.tmp / "state" / "sparkjoy" / "state.db").is_file()
 
 
 def test_df_verbose_lists_every_object(env: Env, df_mess: Mess) -> None:

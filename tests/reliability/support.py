@@ -7,8 +7,10 @@ there (with every tag) unless the plan said to delete it. `lost()` returns the e
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,6 +187,7 @@ def cli_environment(host: str, env: dict[str, str] | None = None) -> dict[str, s
     global _STATE_HOME
     if _STATE_HOME is None:
         _STATE_HOME = tempfile.mkdtemp(prefix="sjstate")
+        atexit.register(shutil.rmtree, _STATE_HOME, True)
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DOCKER_", "SPARKJOY_", "XDG_"))}
     environment.update({"DOCKER_HOST": host, "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent",
