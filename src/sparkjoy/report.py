@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .executor import Outcome, RunResult
 from .model import Kind, Snapshot
 from .planner import Decision, Plan, PlannedObject
 from .units import format_bytes, format_duration
-from .usage import LayerLedger, engine_usage
+from .usage import LayerLedger, ObjectKey, engine_usage
 
 KIND_TITLES = {
     Kind.IMAGE: "Images",
@@ -123,6 +123,13 @@ def df_summary(plan: Plan) -> tuple[list[KindUsage], dict[tuple[Kind, str], int]
     return usage, unique
 
 
+def _largest(objects: list[PlannedObject], unique: Mapping[ObjectKey, int], count: int) -> list[PlannedObject]:
+    """Given objects, their unique bytes and a count, return the ``count`` largest: by SIZE, the
+    column shown, then by UNIQUE, then by id (on a BuildKit host most images' unique bytes are 0:
+    build cache holds their layers too, so unique bytes alone would pick at random)."""
+    return sorted(objects, key=lambda o: (-o.size, -unique.get(o.key, 0), o.id))[:count]
+
+
 def render_df(plan: Plan, verbose: bool = False, largest: int = 5) -> str:
     usage, unique = df_summary(plan)
     rows = []
@@ -152,7 +159,7 @@ def render_df(plan: Plan, verbose: bool = False, largest: int = 5) -> str:
         objects = [o for o in plan.objects if o.kind is kind]
         if not objects:
             continue
-        chosen = objects if verbose else sorted(objects, key=lambda o: -unique.get(o.key, 0))[:largest]
+        chosen = objects if verbose else _largest(objects, unique, largest)
         title = f"\n{KIND_TITLES[kind]}" + ("" if verbose else f", largest {len(chosen)} of {len(objects)}") + ":"
         rows = [
             [
