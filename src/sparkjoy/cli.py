@@ -20,7 +20,8 @@ from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
 from .executor import Executor, ObjectResult, RunResult
-from .model import Kind
+from .model import Kind, Snapshot
+from .policy import Policy
 from .planner import EMPTY_MEMORY, Plan, plan as make_plan
 
 
@@ -55,7 +56,8 @@ def policy_options(fn: Callable) -> Callable:
         click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
                      help="Scope: only objects with this label (repeatable; all must match)."),
         click.option("--repo", "repos", multiple=True, metavar="GLOB",
-                     help="Scope: only images whose repository matches (repeatable)."),
+                     help="Scope: only images whose repository (a tag without its :TAG) matches (repeatable). "
+                     "Untagged images belong to no repository, so they stay."),
         click.option("--exclude", multiple=True, metavar="GLOB",
                      help="Protect images with a repo:tag matching this glob (repeatable)."),
         click.option("--containers/--no-containers", default=None, help="Prune stopped containers (default on)."),
@@ -163,7 +165,18 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None,
     finally:
         remembered.close()
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
+    _warn_unmatched_repos(settings.policy, snapshot)
     return engine, make_plan(snapshot, settings.policy, memory, now=now)
+
+
+def _warn_unmatched_repos(policy: Policy, snapshot: Snapshot) -> None:
+    """A --repo glob matching no repository scopes the run to nothing: say so (on stderr, so
+    JSON on stdout stays whole), with some of the repositories there are."""
+    repositories = sorted({r for image in snapshot.images for r in image.repositories})
+    for glob in policy.unmatched_repos(repositories):
+        some = ", ".join(repositories[:5]) + (", ..." if len(repositories) > 5 else "") or "none: no image is tagged"
+        click.echo(f"sparkjoy: warning: --repo {glob} matches no repository on this engine (a repository is a "
+                   f"tag without its :TAG; here: {some})", err=True)
 
 
 @click.group(context_settings=CONTEXT)

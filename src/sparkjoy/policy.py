@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .errors import ConfigError
 from .model import Image, repository_of
@@ -107,6 +107,12 @@ class Policy:
     def scoped(self) -> bool:
         """True when the scope is narrower than the whole engine."""
         return bool(self.labels or self.repos)
+
+    def unmatched_repos(self, repositories: Iterable[str]) -> tuple[str, ...]:
+        """Given the repositories an engine has, return the --repo globs that match none of them."""
+        present = set(repositories)
+        return tuple(glob for glob, pattern in zip(self.repos, self._repo_patterns)
+                     if not any(pattern.fullmatch(r) for r in present))
 
     def labels_match(self, labels: Mapping[str, str] | None) -> bool:
         return all(selector.matches(labels) for selector in self.labels)

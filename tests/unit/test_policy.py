@@ -159,3 +159,10 @@ def test_a_container_of_an_image_outside_the_repository_scope_is_out_of_scope() 
     decided = {o.id: o for o in result.objects}
     assert decided["c-mine"].decision is Decision.DELETE
     assert decided["c-theirs"].decision is Decision.KEEP and "out of scope" in decided["c-theirs"].reason
+
+
+def test_the_repo_globs_that_match_no_repository_are_named() -> None:
+    policy = Policy(repos=("shop", "shop/*", "[", "other/web"))
+    assert policy.unmatched_repos(["shop/web", "shop/worker", "base"]) == ("shop", "[", "other/web")
+    assert Policy(repos=("shop/*",)).unmatched_repos(["shop/web"]) == ()
+    assert Policy().unmatched_repos([]) == ()
