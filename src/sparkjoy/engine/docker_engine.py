@@ -107,6 +107,12 @@ def _hint(connection: Connection, cause: str) -> str:
     )
 
 
+def _not_an_engine_hint(connection: Connection) -> str:
+    return (f"The address came from {connection.source}. Fix: point sparkjoy at the Docker engine's own socket or "
+            "port with --host or DOCKER_HOST (tcp:// engines usually listen on 2375, or 2376 with TLS), or pick "
+            "a context with DOCKER_CONTEXT.")
+
+
 def _unreachable(connection: Connection, error: BaseException) -> EngineUnreachable:
     cause = _plain_cause(connection.base_url, error)
     return EngineUnreachable(connection.base_url, cause, _hint(connection, cause))
@@ -172,6 +178,10 @@ class DockerEngine:
         except docker.errors.InvalidVersion as error:
             raise EngineError("negotiate the API version (GET /version)", None, _cause(error)) from error
         except docker.errors.DockerException as error:
+            if getattr(error.__cause__, "status_code", None) == 404:
+                # Every Docker engine serves /version: what answers here is something else.
+                raise EngineUnreachable(connection.base_url, "something answers there, but not as a Docker engine "
+                                        "(GET /version: 404 Not Found)", _not_an_engine_hint(connection)) from error
             if _answered_badly(error.__cause__):
                 raise EngineError(
                     "read the API version (GET /version)",
