@@ -186,6 +186,9 @@ def notify_command(what: str, build_id: str | None, **params: Any) -> None:
     sparkjoy notify prune                 prune as soon as no build is in progress
     sparkjoy notify build-start ci-42     a build starts (prints its id)
     sparkjoy notify build-finish ci-42    ... and finished
+
+    Exit codes: 0 the daemon took it, 2 usage or config error, 3 no daemon answers at its
+    address (not running, or listening elsewhere: see --listen / SPARKJOY_DAEMON_LISTEN).
     """
     from .daemon.client import DaemonUnavailable
 
