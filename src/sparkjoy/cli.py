@@ -48,6 +48,14 @@ def engine_options(fn: Callable) -> Callable:
     return fn
 
 
+def _no_filter(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    if values:
+        raise click.UsageError(
+            f"sparkjoy has no --filter ({values[0]}): for docker's until=D use --max-age D (sparkjoy counts "
+            "from an image's last tag or use, not its creation); for label=K=V use --label K=V; "
+            "untagged images are always candidates, so dangling=... needs nothing.", ctx=ctx)
+
+
 def policy_options(fn: Callable) -> Callable:
     options = [
         click.option("--max-age", help="Old means last tagged/used longer ago than this (default 6h; negative: "
@@ -68,6 +76,8 @@ def policy_options(fn: Callable) -> Callable:
                      help="Prune unused volumes: --volumes for anonymous ones, --volumes=all for named too."),
         click.option("--as-of", callback=lambda ctx, param, value: _parse_time(value),
                      help="Judge ages as of this time (ISO 8601) instead of now, e.g. to preview."),
+        # docker's habit: refused with the flag that says it here.
+        click.option("--filter", multiple=True, hidden=True, expose_value=False, callback=_no_filter),
     ]
     for option in reversed(options):
         fn = option(fn)
