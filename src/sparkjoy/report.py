@@ -86,20 +86,24 @@ def df_summary(plan: Plan) -> tuple[list[KindUsage], dict[tuple[Kind, str], int]
     deletions = plan.deletions
     shared_cache = sum(r.size for r in snapshot.build_cache if r.shared)
     cache_total = sum(r.size for r in snapshot.build_cache)
+    # Bytes count under the kind whose SIZE holds them: a shared cache record's are an image
+    # layer's (counted under Images), although deleting the record, last of their holders, frees them.
+    freed_with_cache = _freed_with_shared_cache(plan)
     usage = [
         KindUsage(
             Kind.IMAGE,
             len(snapshot.images),
             snapshot.layers_size,
-            sum(o.bytes for o in deletions if o.kind is Kind.IMAGE),
+            sum(o.bytes for o in deletions if o.kind is Kind.IMAGE) + freed_with_cache,
             sum(o.bytes_held_by_cache for o in deletions if o.kind is Kind.IMAGE),
-            "",
+            f"reclaimable includes {format_bytes(freed_with_cache)} of layers freed with the build cache holding "
+            "them" if freed_with_cache else "",
         ),
         KindUsage(
             Kind.BUILD_CACHE,
             len(snapshot.build_cache),
             cache_total - shared_cache,
-            sum(o.bytes for o in deletions if o.kind is Kind.BUILD_CACHE),
+            sum(o.bytes for o in deletions if o.kind is Kind.BUILD_CACHE) - freed_with_cache,
             0,
             f"{format_bytes(shared_cache)} more is shared with images (counted there)" if shared_cache else "",
         ),
@@ -289,7 +293,18 @@ def plan_totals(plan: Plan, dry_run: bool) -> str:
     line = f"{verb}: {format_bytes(plan.predicted_bytes)}"
     if plan.held_by_cache_bytes:
         line += f" (and {format_bytes(plan.held_by_cache_bytes)} more once the build cache holding it is pruned)"
+    with_cache = _freed_with_shared_cache(plan)
+    if with_cache:
+        line += (f"\n{format_bytes(with_cache)} of it are image layers that build cache holds too: deleting the "
+                 "image frees them only with the cache, so they show on the cache records' rows (deleted last).")
     return line
+
+
+def _freed_with_shared_cache(plan: Plan) -> int:
+    """Given a plan, return the bytes its deletions of shared build-cache records free: image
+    layers, freed when the record holding them too goes, after the images."""
+    shared = {r.id for r in plan.snapshot.build_cache if r.shared}
+    return sum(o.bytes for o in plan.deletions if o.kind is Kind.BUILD_CACHE and o.id in shared)
 
 
 def render_result(result: RunResult, verbose: bool = False) -> str:

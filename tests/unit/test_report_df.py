@@ -39,3 +39,26 @@ def test_between_equal_sizes_the_one_that_frees_more_alone_comes_first() -> None
     ])
     text = report.render_df(plan(shot, Policy(max_age=timedelta(days=30)), now=NOW), largest=2)
     assert listed_images(text) == ["alone:1", "shared:1"]
+
+
+def test_layers_freed_with_the_cache_holding_them_count_under_images_never_above_their_size() -> None:
+    # Each image's only layer is held by a BuildKit record too: deleting image and record frees
+    # the layer, last with the record. Its bytes are in Images' SIZE, so they count there.
+    shot = snapshot(
+        [image(f"i{n}", f"app:{n}", tagged=ago(days=40), layer_list=layers((f"l{n}", 100 + n))) for n in range(3)],
+        build_cache=[record(f"r{n}", shared=True, size=100 + n, last_used=ago(days=40)) for n in range(3)]
+        + [record("own", size=50, last_used=ago(days=40))],
+        layers_size=303,
+    )
+    the_plan = plan(shot, Policy(max_age=timedelta(days=30), keep_recent=0), now=NOW)
+    usage = {u.kind.value: u for u in report.df_summary(the_plan)[0]}
+    assert (usage["image"].bytes, usage["image"].reclaimable) == (303, 303)
+    assert (usage["build-cache"].bytes, usage["build-cache"].reclaimable) == (50, 50)
+    assert sum(u.reclaimable for u in usage.values()) == the_plan.predicted_bytes
+    text = report.render_df(the_plan)
+    assert "(100%)" in text and "%)" in text and not any(
+        int(p.split("%")[0]) > 100 for p in text.split("(")[1:] if p.split("%")[0].isdigit())
+    assert "reclaimable includes 303B of layers freed with the build cache holding them" in text
+    totals = report.plan_totals(the_plan, dry_run=True)
+    assert totals.startswith("Would reclaim: 353B")
+    assert "303B of it are image layers that build cache holds too" in totals
