@@ -62,7 +62,6 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 def run_command(**params: Any) -> None:
     """Run the pruner as a service: prune at the right moments, never while a build runs.
 
-    \b
     When: once after the first build finishes (or a quiet period), then every --interval or
     every --num-builds builds; at once when asked (POST /prune, SIGUSR1, `sparkjoy notify prune`);
     and under disk pressure (--high-watermark) it evicts least recently used images and build
