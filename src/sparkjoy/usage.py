@@ -166,14 +166,15 @@ class LayerLedger:
             for chain_id in chain_ids:
                 layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
 
-        # The layers with other holders than the image that showed them first (in the order
-        # first seen): their bytes become a holding, no longer that image's own. Images without
+        # The layers with other holders than the image that showed them first: their bytes
+        # become a holding, no longer that image's own (in no set order: the holdings' order
+        # changes no figure, and looking at those layers alone spares a pass over all). Images without
         # layer detail that may share such a layer hold it too (or, past the limit, something
         # that never goes does: it is never predicted).
         taken_back: list[ObjectKey] = []
         # image -> bytes of its layers that no other detailed image shows but build cache holds.
         held_with_cache: dict[ObjectKey, int] = {}
-        for chain_id in [c for c in first if c in more or c in layer_records]:
+        for chain_id in [*more, *(c for c in layer_records if c not in more)]:
             size, _, head = first[chain_id]
             if size <= 0:
                 continue
@@ -192,9 +193,10 @@ class LayerLedger:
                 self._holders.append(images + hidden + records)
                 self._image_holders.append(len(images) + len(hidden))
 
+        cache_kind = Kind.BUILD_CACHE
         for record in snapshot.build_cache:
             if record.size > 0 and not record.shared:
-                own[(Kind.BUILD_CACHE, record.id)] += record.size
+                own[(cache_kind, record.id)] += record.size
             # A shared record without a matching layer shares its bytes with something we
             # cannot see: deleting it is predicted to free nothing.
         if opaque:
