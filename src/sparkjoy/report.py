@@ -127,11 +127,15 @@ def df_summary(plan: Plan) -> tuple[list[KindUsage], dict[tuple[Kind, str], int]
     return usage, unique
 
 
-def _largest(objects: list[PlannedObject], unique: Mapping[ObjectKey, int], count: int) -> list[PlannedObject]:
-    """Given objects, their unique bytes and a count, return the ``count`` largest: by SIZE, the
-    column shown, then by UNIQUE, then by id (on a BuildKit host most images' unique bytes are 0:
-    build cache holds their layers too, so unique bytes alone would pick at random)."""
-    return sorted(objects, key=lambda o: (-o.size, -unique.get(o.key, 0), o.id))[:count]
+def _largest(objects: list[PlannedObject], unique: Mapping[ObjectKey, int], shared: set[str],
+             count: int) -> list[PlannedObject]:
+    """Given objects, their unique bytes, the shared records and a count, return the ``count``
+    largest: first by the bytes of theirs the kind's SIZE counts (a shared record's are counted
+    under Images: its records follow the others), then by SIZE, the column shown, then by
+    UNIQUE, then by id (on a BuildKit host most images' unique bytes are 0: build cache holds
+    their layers too, so unique bytes alone would pick at random)."""
+    return sorted(objects, key=lambda o: (counted_under(o, shared) is not o.kind, -o.size,
+                                          -unique.get(o.key, 0), o.id))[:count]
 
 
 def render_df(plan: Plan, verbose: bool = False, largest: int = 5) -> str:
@@ -159,11 +163,12 @@ def render_df(plan: Plan, verbose: bool = False, largest: int = 5) -> str:
     notes.append(f"RECLAIMABLE: what `sparkjoy prune` with the active policy frees ({_policy_line(plan)}).")
     out.extend(notes)
 
+    shared = shared_records(plan.snapshot)
     for kind in DF_ORDER:
         objects = [o for o in plan.objects if o.kind is kind]
         if not objects:
             continue
-        chosen = objects if verbose else _largest(objects, unique, largest)
+        chosen = objects if verbose else _largest(objects, unique, shared, largest)
         title = f"\n{KIND_TITLES[kind]}" + ("" if verbose else f", largest {len(chosen)} of {len(objects)}") + ":"
         rows = [
             [
@@ -300,11 +305,23 @@ def plan_totals(plan: Plan, dry_run: bool) -> str:
     return line
 
 
+def shared_records(snapshot: Snapshot) -> set[str]:
+    """Given a snapshot, return the build-cache records whose bytes are an image layer's."""
+    return {r.id for r in snapshot.build_cache if r.shared}
+
+
+def counted_under(planned: PlannedObject, shared: set[str]) -> Kind:
+    """Given an object and the shared records, return the kind whose SIZE holds its bytes: a
+    shared record's are an image layer's (Images), although deleting it, the last of their
+    holders, frees them. df, the dry run's totals and the daemon's metrics count by this."""
+    return Kind.IMAGE if planned.kind is Kind.BUILD_CACHE and planned.id in shared else planned.kind
+
+
 def _freed_with_shared_cache(plan: Plan) -> int:
     """Given a plan, return the bytes its deletions of shared build-cache records free: image
     layers, freed when the record holding them too goes, after the images."""
-    shared = {r.id for r in plan.snapshot.build_cache if r.shared}
-    return sum(o.bytes for o in plan.deletions if o.kind is Kind.BUILD_CACHE and o.id in shared)
+    shared = shared_records(plan.snapshot)
+    return sum(o.bytes for o in plan.deletions if o.kind is Kind.BUILD_CACHE and counted_under(o, shared) is Kind.IMAGE)
 
 
 def render_result(result: RunResult, verbose: bool = False) -> str:

@@ -39,7 +39,7 @@ from ..errors import EngineBusy, EngineConflict, EngineNotFound, EngineUnreachab
 from ..executor import Outcome, RunResult
 from ..model import Kind
 from ..planner import Plan
-from ..report import df_summary
+from ..report import counted_under, df_summary, shared_records
 
 NAMESPACE = "sparkjoy"
 
@@ -166,7 +166,8 @@ class Metrics:
 
         ``trigger`` is a lower-case word such as those in ``KNOWN_TRIGGERS``.
         ``finished_at`` is a Unix time (passed in, not read here, so tests control it).
-        Per-kind bytes are the plan's prediction for each object actually deleted; the
+        Per-kind bytes are the plan's prediction for each object actually deleted, under the kind
+        whose size holds them (report.counted_under), as the reclaimable gauge counts them; the
         engine's measured total goes to ``measured_reclaimed_bytes_total``.
         """
         _check_trigger(trigger)
@@ -175,9 +176,11 @@ class Metrics:
             if removed:
                 self.removed_objects.labels(kind=kind.value).inc(removed)
         predicted: dict[Kind, int] = {}
+        shared = shared_records(result.plan.snapshot)
         for object_result in result.results:
             if object_result.outcome is Outcome.DELETED:
-                kind = object_result.planned.kind
+                # Under the kind whose size holds the bytes, as sparkjoy_reclaimable_bytes counts them.
+                kind = counted_under(object_result.planned, shared)
                 predicted[kind] = predicted.get(kind, 0) + max(object_result.planned.bytes, 0)
         for kind, freed in predicted.items():
             self.reclaimed_bytes.labels(kind=kind.value).inc(freed)
