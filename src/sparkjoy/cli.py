@@ -19,7 +19,7 @@ import click
 from . import __version__, config, report, state
 from .engine.docker_engine import DockerEngine
 from .errors import ExitCode, SparkjoyError
-from .executor import Executor, ObjectResult, RunResult
+from .executor import Executor, ObjectResult, RunResult, ranks_changed
 from .model import Kind, Snapshot
 from .policy import Policy
 from .planner import EMPTY_MEMORY, Plan, plan as make_plan
@@ -147,16 +147,18 @@ def _remember_after_prune(settings: config.Settings, engine: DockerEngine, plan:
         remembered.close()
 
 
-def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None,
+def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None, real_prune: bool = False,
                        reuse_inspects: bool = True) -> tuple[DockerEngine, Plan]:
     """Read the engine and plan, with what the state database remembers: last use and first
     sightings (read only: a dry run and the real run that follows plan from the same memory),
     and the image histories earlier runs read (they never change for an image ID; this run's
     are saved, so a second run asks the engine for new images' histories only), and the image
     inspects, which a second run asks again only for the images the engine's events since
-    the first say changed (see DockerEngine.know_inspects), for a df or a dry run only. Both
-    caches are best effort: a database that cannot be used costs only the calls it would save,
-    and says so only when there was a database to use."""
+    the first say changed (see DockerEngine.know_inspects). For a real prune, a plan made from
+    remembered inspects is used only when the images whose keep-recent places decide others'
+    deletion still read the same afresh (executor.ranks_changed); otherwise every image is
+    inspected again and the plan made anew. Both caches are best effort: a database that cannot
+    be used costs only the calls it would save, and says so only when there was a database to use."""
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout, remember_inspects=True)
     path = _state_path(settings)
     existed = path.is_file()
@@ -164,9 +166,6 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None,
     try:
         memory = remembered.memory() if existed else EMPTY_MEMORY
         engine.know_histories(remembered.histories())
-        # A real prune inspects every image afresh (and keeps what it read for the next run):
-        # its re-check before each deletion sees only the image it deletes, and a keep-recent
-        # ranking or a parent kept for its child rests on other images' answers too.
         engine.know_inspects(*(remembered.inspects() if reuse_inspects else ({}, None)))
         snapshot = engine.snapshot()
         if remembered.persistent:
@@ -175,8 +174,12 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None,
     finally:
         remembered.close()
     now = as_of or snapshot.taken_at  # --as-of, parsed by click before anything connects
+    the_plan = make_plan(snapshot, settings.policy, memory, now=now)
+    if real_prune and reuse_inspects and ranks_changed(engine, the_plan):
+        # An image holding a keep-recent place reads otherwise afresh: inspect everything again.
+        return _snapshot_and_plan(settings, as_of, real_prune, reuse_inspects=False)
     _warn_unmatched_repos(settings.policy, snapshot)
-    return engine, make_plan(snapshot, settings.policy, memory, now=now)
+    return engine, the_plan
 
 
 def _warn_unmatched_repos(policy: Policy, snapshot: Snapshot) -> None:
@@ -185,8 +188,9 @@ def _warn_unmatched_repos(policy: Policy, snapshot: Snapshot) -> None:
     repositories = sorted({r for image in snapshot.images for r in image.repositories})
     for glob in policy.unmatched_repos(repositories):
         some = ", ".join(repositories[:5]) + (", ..." if len(repositories) > 5 else "") or "none: no image is tagged"
-        click.echo(f"sparkjoy: warning: --repo {glob} matches no repository on this engine (a repository is a "
-                   f"tag without its :TAG; here: {some})", err=True)
+        click.echo(report.printable(f"sparkjoy: warning: --repo {glob} (or the repos setting) matches no "
+                                    f"repository on this engine (a repository is a tag without its :TAG; "
+                                    f"here: {some})"), err=True)
 
 
 @click.group(context_settings=CONTEXT)
@@ -267,7 +271,7 @@ def prune(**params: Any) -> None:
     """
     try:
         settings = _load(params)
-        engine, plan = _snapshot_and_plan(settings, params["as_of"], reuse_inspects=params["dry_run"])
+        engine, plan = _snapshot_and_plan(settings, params["as_of"], real_prune=not params["dry_run"])
     except SparkjoyError as error:
         _fail(error)
         return

@@ -81,6 +81,26 @@ class RunResult:
         return {r.planned.id for r in self.results if r.planned.kind is kind and r.outcome is Outcome.DELETED}
 
 
+def ranks_changed(engine: Engine, plan: Plan) -> list[str]:
+    """Given a plan, return the images of ``plan.ranked`` that the engine now reports with other
+    tags or another last-tag time than the plan's snapshot, or no longer has.
+
+    The re-check before each deletion sees only the image it deletes, but whether an old image
+    of a repository goes also rests on the answers of the newer ones that took the keep-recent
+    places. A plan made from remembered answers is run only when these still hold: then every
+    answer a deletion rests on has been read afresh, its own by the re-check. Otherwise the
+    plan must be made again from fresh answers.
+    """
+    read = {image.id: image for image in plan.snapshot.images}
+    changed = []
+    for image_id in plan.ranked:
+        now, then = engine.image_state(image_id), read.get(image_id)
+        if now is None or then is None or set(now.repo_tags) != set(then.repo_tags) \
+                or now.last_tag_time != then.last_tag_time:
+            changed.append(image_id)
+    return changed
+
+
 class Reporter(Protocol):
     def object_done(self, result: ObjectResult) -> None: ...
 

@@ -92,6 +92,10 @@ class Plan:
     # The snapshot's byte ledger the planner built, kept for what a run asks after it
     # (owners_left_behind); None for a plan made by hand.
     ledger: LayerLedger | None = field(default=None, repr=False, compare=False)
+    # The images that took a repository's keep-recent places where others of it go: whether
+    # those others are old enough to go rests on these images' answers (see
+    # executor.ranks_changed), not only on their own.
+    ranked: tuple[str, ...] = ()
 
     @property
     def deletions(self) -> tuple[PlannedObject, ...]:
@@ -220,6 +224,8 @@ class _Planner:
 
         # Reasons of ages of whole days, by (deleting, what, old, days, hours): see decide_by_age.
         self._day_reasons: dict[tuple[bool, str, str, int, int], str] = {}
+        # The images holding keep-recent places in repositories where others go (Plan.ranked).
+        self._ranked: set[str] = set()
 
     def decide_by_age(self, what: str, when: datetime, old: str) -> tuple[Decision, str, datetime]:
         """Given what happened at ``when`` (``"last used"``) and the word for old (``"unused"``),
@@ -275,7 +281,8 @@ class _Planner:
                 o.bytes_held_by_cache = held.get(key, 0)
         _freeze(containers, self._images_made, self._records_made, volumes)
         frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
-        return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot, ledger=ledger)
+        return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot, ledger=ledger,
+                    ranked=tuple(sorted(self._ranked)))
 
     # -- containers -------------------------------------------------------------------
 
@@ -393,6 +400,8 @@ class _Planner:
                     by_repository[repository].append((image, when))
         for repository, members in sorted(by_repository.items()):
             members.sort(key=lambda pair: (pair[1], pair[0].id), reverse=True)
+            if len(members) > self.policy.keep_recent:
+                self._ranked.update(image.id for image, _ in members[: self.policy.keep_recent])
             for rank, (image, when) in enumerate(members[: self.policy.keep_recent], start=1):
                 if decisions[image.id][0] is Decision.DELETE:
                     decisions[image.id] = (

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -281,3 +282,38 @@ def test_an_engine_that_cannot_be_reached_is_retried_with_a_doubling_backoff_up_
     assert supervisor._stop.waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
     ready, why = supervisor.contact.readiness()
     assert not ready and why.startswith("engine unreachable:"), why
+
+
+def test_a_keep_recent_place_remembered_wrong_is_read_afresh_before_the_daemon_prunes(clean_engine, tmp_path: Path,
+                                                                                      caplog) -> None:
+    """The daemon plans from inspects its event stream keeps true. One remembered wrong (here
+    k, read once by a proxy as tagged after d) would take the repository's one keep-recent
+    place, and d's re-check, which sees only d, would let d go: the places are read afresh
+    before the prune, and as k reads otherwise, every image is read again."""
+    from types import SimpleNamespace
+
+    from tests.faultproxy import FaultProxy, Rule, rewrite_json
+    from tests.integration.support import parse_engine_time
+
+    engine = clean_engine
+    k = import_image(engine, 10 * KB, "rank/r:k")
+    d = import_image(engine, 10 * KB, "rank/r:d")  # tagged after k: the newest
+    with closing(engine.client()) as client:
+        d_tagged = parse_engine_time(client.api.inspect_image(d)["Metadata"]["LastTagTime"])
+    stale = (d_tagged + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def misread(answer: dict) -> dict:
+        return {**answer, "Metadata": {**answer["Metadata"], "LastTagTime": stale}}
+
+    with FaultProxy(engine.socket_path) as proxy:
+        proxy.add(Rule("GET", rf"^/images/{k}/json$", rewrite_json(misread), times=1))
+        with caplog.at_level(logging.INFO, logger="sparkjoy"):
+            daemon = RunningDaemon(SimpleNamespace(host=proxy.host), tmp_path, keep_recent=1, max_age="1h",
+                                   clock_offset=timedelta(days=10)).start()
+            try:
+                summary = daemon.prune_and_wait()
+            finally:
+                daemon.stop()
+    assert image_exists(engine, d) and not image_exists(engine, k)
+    assert summary.result is not None and summary.result.ok
+    assert "holding keep-recent places changed since the snapshot; reading every image afresh" in caplog.text

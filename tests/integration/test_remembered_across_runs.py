@@ -17,15 +17,17 @@ import os
 import sqlite3
 import time
 from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import pytest
 
 from sparkjoy import state
 
-from tests.faultproxy import Exchange, Rule, delay, respond, rewrite_json
+from tests.faultproxy import Exchange, FaultProxy, Rule, delay, respond, rewrite_json
 from tests.fixtures import import_image
-from tests.integration.support import cli, counting_proxy, json_object, parse_engine_time, tag
+from tests.integration.support import (Through, cli, counting_proxy, json_ids, json_object, parse_engine_time, tag,
+                                       tags_of)
 
 MB = 1_000_000
 
@@ -196,18 +198,47 @@ def test_another_engine_behind_the_same_address_is_noticed(clean_engine):
         assert inspects.matched - before == 2, "an engine of another ID: every image inspected again"
 
 
-def test_a_real_prune_inspects_every_image_afresh_and_a_dry_run_does_not(clean_engine):
-    """The re-check before a deletion sees only that image, but a plan rests on others too (the
-    newest of a repository stay): a real prune plans from fresh answers only."""
-    import_image(clean_engine, MB, "across/a:1", seed=71)
-    import_image(clean_engine, MB, "across/b:1", seed=72)
+def test_a_real_prune_after_a_df_inspects_only_what_its_deletions_rest_on(clean_engine):
+    """A real prune plans from remembered inspects too, and reads afresh what each deletion rests
+    on: the image itself (the executor's re-check) and the images holding its repository's
+    keep-recent places (executor.ranks_changed). The others are not asked again."""
+    ids = [import_image(clean_engine, MB, f"across/r:{n}", seed=75 + n) for n in range(3)]  # r:2 newest
+    import_image(clean_engine, MB, "across/other:1", seed=79)
+    import_image(clean_engine, MB, "across/other:2", seed=80)
     with _counting_inspects(clean_engine) as (proxy, inspects, through):
         cli(through, "df")
         before = inspects.matched
         cli(through, "prune", "--dry-run")
         assert inspects.matched == before
-        cli(through, "prune", "-f", "--max-age", "1000d")  # nothing is old: the plan deletes nothing
-        assert inspects.matched - before == 2
-        before = inspects.matched
-        cli(through, "df")  # and what the real prune read is kept for the next run
-        assert inspects.matched == before
+        as_of = (datetime.now(timezone.utc) + timedelta(days=10)).isoformat()
+        run = cli(through, "prune", "-f", "--keep-recent", "2", "--max-age", "1d", "--as-of", as_of)
+        assert json_ids(run, result="deleted") == {ids[0]}
+        # r:0 re-checked before its deletion; r:1 and r:2, whose places decide it, read afresh;
+        # other:1 and other:2 hold places where nothing goes: not asked.
+        assert inspects.matched - before == 3
+    assert tags_of(clean_engine, ids[0]) is None and tags_of(clean_engine, ids[2]) == {"across/r:2"}
+
+
+def test_a_remembered_answer_gone_stale_never_costs_a_repository_its_newest(clean_engine):
+    """An answer remembered wrong (here: k read as tagged after d, by a proxy rewriting it once)
+    would give k the repository's one keep-recent place and d's re-check, which sees only d,
+    would let d go. The places are read afresh first: k reads otherwise, so every image is
+    inspected again and the plan made anew."""
+    k = import_image(clean_engine, MB, "across/r:k", seed=81)
+    d = import_image(clean_engine, MB, "across/r:d", seed=82)  # tagged after k: the newest
+    with closing(clean_engine.client()) as client:
+        d_tagged = parse_engine_time(client.api.inspect_image(d)["Metadata"]["LastTagTime"])
+    stale = (d_tagged + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    as_of = (d_tagged + timedelta(days=10)).isoformat()
+
+    def misread(answer: dict) -> dict:
+        return {**answer, "Metadata": {**answer["Metadata"], "LastTagTime": stale}}
+
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        through = Through(proxy)
+        proxy.add(Rule("GET", rf"^/images/{k}/json$", rewrite_json(misread), times=1))
+        first = cli(through, "df")
+        assert json_object(first, k)["reference_time"] > json_object(first, d)["reference_time"]
+        run = cli(through, "prune", "-f", "--keep-recent", "1", "--max-age", "1d", "--as-of", as_of)
+    assert json_ids(run, result="deleted") == {k}
+    assert tags_of(clean_engine, d) == {"across/r:d"} and tags_of(clean_engine, k) is None

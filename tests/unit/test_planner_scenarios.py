@@ -722,3 +722,19 @@ def test_a_run_remembers_whose_layers_the_cache_it_left_held() -> None:
     assert the_plan.ledger is not None and the_plan.ledger.record_layer == {"r-a": "a-layer", "r-b": "b-layer",
                                                                             "r-c": "c-layer"}
     assert owners_left_behind(replace(the_plan, ledger=None), ["a", "b"]) == owners_left_behind(the_plan, ["a", "b"])
+
+
+def test_a_plan_names_the_images_whose_keep_recent_places_decide_others_deletion() -> None:
+    """Plan.ranked: in a repository where some old images go, the newest kept for keep-recent
+    (a prune made from remembered answers reads them afresh first: executor.ranks_changed)."""
+    snap = snapshot([
+        image("a1", "app:1", tagged=ago(days=3)),
+        image("a2", "app:2", tagged=ago(days=4)),
+        image("a3", "app:3", tagged=ago(days=5)),
+        image("b1", "lone:1", tagged=ago(days=3)),  # the only old image of its repository: nobody's place
+        image("c1", "fresh:1", tagged=ago(hours=1)),  # recent: no place taken
+    ])
+    the_plan = plan(snap, Policy(max_age=H6, keep_recent=1), now=NOW)
+    assert {o.id for o in the_plan.deletions} == {"a2", "a3"}
+    assert the_plan.ranked == ("a1",)
+    assert plan(snap, Policy(max_age=H6, keep_recent=0), now=NOW).ranked == ()

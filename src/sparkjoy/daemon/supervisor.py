@@ -43,7 +43,7 @@ from ..engine.connect import resolve
 from ..engine.convert import changed_object
 from ..engine.docker_engine import DockerEngine
 from ..errors import ConfigError, EngineError, EngineUnreachable, SparkjoyError
-from ..executor import Executor, ObjectResult, Outcome, RunResult
+from ..executor import Executor, ObjectResult, Outcome, RunResult, ranks_changed
 from ..model import Kind, Snapshot
 from ..planner import plan as make_plan
 from ..policy import Policy
@@ -613,7 +613,7 @@ class Supervisor:
         policy = self.effective_policy() if self.state is not None else self.policy
         return policy if policy is not None else replace(self.policy, repos=("\0 nothing claimed yet",))
 
-    def _prune(self, engine: DockerEngine, snapshot: Snapshot, decision: Decision) -> None:
+    def _prune(self, engine: DockerEngine, snapshot: Snapshot, decision: Decision, fresh: bool = False) -> None:
         assert self.state is not None and decision.trigger is not None
         trigger = decision.trigger
         started = time.monotonic()
@@ -653,6 +653,22 @@ class Supervisor:
             log.info("disk usage %s above %s: %s", self._usage_text(used, total), self.daemon.high_watermark, doing)
         else:
             the_plan = make_plan(snapshot, policy, memory, now=now)
+        if not fresh:
+            # The snapshot rests on inspects the event stream keeps true; the images whose
+            # keep-recent places decide others' deletion are read afresh first (see
+            # executor.ranks_changed), and if one reads otherwise, everything is.
+            try:
+                changed = ranks_changed(engine, the_plan)
+            except EngineUnreachable:
+                raise
+            except EngineError as error:
+                self._failed(trigger, error)
+                return
+            if changed:
+                log.info("prune (trigger=%s): %d image(s) holding keep-recent places changed since the snapshot; "
+                         "reading every image afresh", trigger.value, len(changed))
+                engine.forget()
+                return self._prune(engine, engine.snapshot(), decision, fresh=True)
         try:
             self.metrics.record_plan_usage(make_plan(snapshot, policy, memory, now=now)
                                            if eviction else the_plan)

@@ -117,7 +117,8 @@ def plan_eviction(eligible: Plan, need_bytes: int) -> Eviction:
             objects.append(replace(o, decision=Decision.KEEP, bytes=0, bytes_held_by_cache=0, reason=why))
         else:
             objects.append(o)
-    plan = Plan(objects=tuple(objects), now=eligible.now, policy=eligible.policy, snapshot=snapshot, ledger=ledger)
+    plan = Plan(objects=tuple(objects), now=eligible.now, policy=eligible.policy, snapshot=snapshot, ledger=ledger,
+                ranked=eligible.ranked)
     shortfall = max(need_bytes - freed.total, 0)
     protected: dict[str, int] = {}
     if shortfall:
