@@ -295,8 +295,8 @@ def dcgc_age(cutoff: datetime) -> str:
 
 
 # sparkjoy on a host it has run on before: the same prune, after one `sparkjoy df` (not timed)
-# on the restored engine, so its state database holds that run's image histories (a real
-# prune inspects every image afresh).
+# on the restored engine, so its state database holds that run's image histories and inspects
+# (a real prune reads afresh the images it deletes and those holding keep-recent places).
 WARM = "sparkjoy, after a df"
 
 
