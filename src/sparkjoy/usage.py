@@ -235,14 +235,8 @@ class LayerLedger:
         for key in opaque:
             unique = own[key]
             fitting = tuple(dict.fromkeys((Kind.BUILD_CACHE, r.id) for r in unmatched if r.size <= unique))
-            if not fitting:
-                continue
-            own[key] -= unique
-            taken.append(key)
-            if len(fitting) <= _UNSEEN_HOLDERS_LIMIT:
-                self._sizes.append(unique)
-                self._holders.append((key, *fitting))
-                self._image_holders.append(1)
+            if fitting:
+                self._share(own, taken, key, unique, fitting, images=1)
         return taken
 
     def _share_with_unseen_images(
@@ -266,15 +260,21 @@ class LayerLedger:
             key = (Kind.IMAGE, image.id)
             unique = image.size - image.shared_size if image.shared_size >= 0 else 0
             excess = own.get(key, 0) - max(unique - held_with_cache.get(key, 0), 0)
-            if excess <= 0:
-                continue
-            own[key] -= excess
-            taken.append(key)
-            if len(unseen) <= _UNSEEN_HOLDERS_LIMIT:
-                self._sizes.append(excess)
-                self._holders.append((key, *unseen))
-                self._image_holders.append(1 + len(unseen))
+            if excess > 0:
+                self._share(own, taken, key, excess, unseen, images=1 + len(unseen))
         return taken
+
+    def _share(self, own: dict[ObjectKey, int], taken: list[ObjectKey], key: ObjectKey, size: int,
+               others: tuple[ObjectKey, ...], images: int) -> None:
+        """Move ``size`` bytes of what ``key`` holds alone into a holding of it and ``others``
+        (``images`` of the holders are images); past ``_UNSEEN_HOLDERS_LIMIT`` others, into
+        nothing: they are never predicted."""
+        own[key] -= size
+        taken.append(key)
+        if len(others) <= _UNSEEN_HOLDERS_LIMIT:
+            self._sizes.append(size)
+            self._holders.append((key, *others))
+            self._image_holders.append(images)
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
         """Given a build-cache record, return the chain ids of the layers it holds or may hold."""

@@ -128,19 +128,25 @@ def _truth(holders, deletions) -> int:
     return sum(size for size, who in holders.values() if who <= going)
 
 
+def _every_subset(keys: list, rng: random.Random):
+    """Every subset of the keys, each in a random order."""
+    for n in range(len(keys) + 1):
+        for subset in itertools.combinations(keys, n):
+            order = list(subset)
+            rng.shuffle(order)
+            yield order
+
+
 @pytest.mark.parametrize("seed", range(300))
 def test_the_cap_never_over_predicts_when_hidden_sharing_touches_only_an_images_own_layers(seed: int) -> None:
     rng = random.Random(seed)
     shot, holders, hidden = _world(rng, hide=0.35, one_detailed_per_layer=True)
     ledger = LayerLedger(shot)
     keys = [img(i.id) for i in shot.images]
-    for n in range(len(keys) + 1):
-        for subset in itertools.combinations(keys, n):
-            order = list(subset)
-            rng.shuffle(order)
-            freed = ledger.freed(order)
-            assert all(v >= 0 for v in freed.by_object.values())
-            assert freed.total <= _truth(holders, subset)
+    for order in _every_subset(keys, rng):
+        freed = ledger.freed(order)
+        assert all(v >= 0 for v in freed.by_object.values())
+        assert freed.total <= _truth(holders, order)
     # Nothing of a detailed layer is lost: deleting everything frees each one (at most 32
     # images without detail), and each undetailed image's unique part; only bytes undetailed
     # images share among themselves alone are never predicted.
@@ -155,9 +161,8 @@ def test_with_every_image_detailed_the_ledger_is_exact(seed: int) -> None:
     shot, holders, _ = _world(rng, hide=0.0, one_detailed_per_layer=False)
     ledger = LayerLedger(shot)
     keys = [img(i.id) for i in shot.images]
-    for n in range(len(keys) + 1):
-        for subset in itertools.combinations(keys, n):
-            assert ledger.freed(list(subset)).total == _truth(holders, subset)
+    for order in _every_subset(keys, rng):
+        assert ledger.freed(order).total == _truth(holders, order)
 
 
 def test_shared_size_above_size_and_layers_above_size_only_move_bytes_into_the_shared_holding() -> None:
