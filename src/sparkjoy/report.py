@@ -77,6 +77,9 @@ class KindUsage:
     reclaimable: int  # freed by the active policy's plan
     held_by_cache: int  # bytes of planned image deletions that build cache still holds
     detail: str  # e.g. "52MB shared with images"
+    # Of ``reclaimable``, the bytes freed with the deletion of a build-cache record holding them
+    # too (image layers, shown on the records' rows of a dry run).
+    freed_with_cache: int = 0
 
 
 def df_summary(plan: Plan) -> tuple[list[KindUsage], dict[tuple[Kind, str], int]]:
@@ -98,6 +101,7 @@ def df_summary(plan: Plan) -> tuple[list[KindUsage], dict[tuple[Kind, str], int]
             sum(o.bytes_held_by_cache for o in deletions if o.kind is Kind.IMAGE),
             f"reclaimable includes {format_bytes(freed_with_cache)} of layers freed with the build cache holding "
             "them" if freed_with_cache else "",
+            freed_with_cache,
         ),
         KindUsage(
             Kind.BUILD_CACHE,
@@ -197,6 +201,7 @@ def df_json(plan: Plan) -> dict[str, Any]:
                 "bytes": u.bytes,
                 "reclaimable_bytes": u.reclaimable,
                 "held_by_cache_bytes": u.held_by_cache,
+                "freed_with_cache_bytes": u.freed_with_cache,
             }
             for u in usage
         ],

@@ -580,13 +580,16 @@ def test_df_json_gives_the_same_data(env: Env, df_mess: Mess) -> None:
     for kind, s in summary.items():
         assert s["count"] == len(before[kind])
         assert all(isinstance(s[k], int) and s[k] >= 0 for k in ("bytes", "reclaimable_bytes",
-                                                                     "held_by_cache_bytes"))
+                                                                     "held_by_cache_bytes", "freed_with_cache_bytes"))
     assert summary["image"]["bytes"] > 0 and summary["image"]["reclaimable_bytes"] >= 1_500_000
     assert {kind: {o["id"] for o in data["objects"] if o["kind"] == kind} for kind in KINDS} == before
     for o in data["objects"]:
         assert isinstance(o["unique_bytes"], int) and o["unique_bytes"] >= 0
     assert isinstance(data["total_bytes"], int) and data["total_bytes"] > 0
     assert data["predicted_bytes"] == sum(s["reclaimable_bytes"] for s in summary.values())
+    # Per kind from the objects: what the records free is the cache's own plus the layers they held.
+    records = sum(o["bytes"] for o in data["objects"] if o["kind"] == "build-cache")
+    assert records == summary["build-cache"]["reclaimable_bytes"] + summary["image"]["freed_with_cache_bytes"]
 
 
 # -- help --------------------------------------------------------------------------------------

@@ -96,3 +96,14 @@ def test_per_kind_reclaimable_adds_up_stays_within_size_and_json_matches(seed: i
         summary = report.df_json(the_plan)["summary"]
         assert [s["reclaimable_bytes"] for s in summary] == [u.reclaimable for u in usage]
         assert json.loads(report.dumps(report.df_json(the_plan)))["predicted_bytes"] == the_plan.predicted_bytes
+
+
+def test_df_json_says_how_much_of_images_reclaimable_goes_with_the_cache_records() -> None:
+    the_plan = _buildkit_plan()
+    summary = {row["kind"]: row for row in report.df_json(the_plan)["summary"]}
+    assert summary["image"]["reclaimable_bytes"] == summary["image"]["freed_with_cache_bytes"] == 300
+    records = [o for o in report.df_json(the_plan)["objects"] if o["kind"] == "build-cache"]
+    # Per kind, reconciled from the objects: the records' bytes are the cache's plus the layers'.
+    assert sum(o["bytes"] for o in records) == (summary["build-cache"]["reclaimable_bytes"]
+                                               + summary["image"]["freed_with_cache_bytes"])
+    assert all(row["freed_with_cache_bytes"] == 0 for kind, row in summary.items() if kind != "image")
