@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 from .engine.base import Engine
 from .errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
-from .model import Kind
+from .model import Kind, short_id
 from .planner import Plan, PlannedObject
 
 
@@ -124,6 +124,10 @@ class Executor:
     workers: int = DELETE_WORKERS
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _stop_reason: str = field(default="", init=False, repr=False, compare=False)
+    # Image id -> the snapshot's images built on it; and the images this run deleted (or found
+    # gone). Written between batches only (a batch never holds an image and its child).
+    _children: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def execute(self, plan: Plan) -> RunResult:
         stopped_early = ""
@@ -136,6 +140,10 @@ class Executor:
             usage_before, stopped_early = 0, f"nothing deleted: reading usage before the run failed: {error}"
         measured = not stopped_early
         self._stop_reason = stopped_early
+        self._children, self._gone_images = {}, set()
+        for image in plan.snapshot.images:
+            if image.parent_id:
+                self._children.setdefault(image.parent_id, []).append(image.id)
         results: list[ObjectResult] = []
         removed_containers: set[str] = set()
         pool: ThreadPoolExecutor | None = None
@@ -150,6 +158,8 @@ class Executor:
                 for result in done:
                     if result.outcome is Outcome.DELETED and result.planned.kind is Kind.CONTAINER:
                         removed_containers.add(result.planned.id)
+                    if result.outcome in (Outcome.DELETED, Outcome.GONE) and result.planned.kind is Kind.IMAGE:
+                        self._gone_images.add(result.planned.id)
                     results.append(result)
                     if self.reporter:
                         self.reporter.object_done(result)
@@ -249,6 +259,13 @@ class Executor:
         return ObjectResult(planned, Outcome.DELETED)
 
     def _image(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
+        # A child that stays (its re-check kept it, or it failed) keeps its parent: the engine
+        # refuses to delete the parent then, but it would remove the parent's tags first, one
+        # by one, and `FROM base:1` would break.
+        staying = [c for c in self._children.get(planned.id, ()) if c not in self._gone_images]
+        if staying:
+            return ObjectResult(planned, Outcome.KEPT, f"a child image stays ({short_id(staying[0])}), so it stays "
+                                "too, with its tags")
         current = self.engine.image_state(planned.id)
         if current is None:
             return ObjectResult(planned, Outcome.GONE, "already deleted")

@@ -196,3 +196,30 @@ def test_a_prune_that_stays_busy_keeps_the_record_and_says_so(proxy, clean_engin
     count(objects_checked=before.size, objects_lost=len(lost(before, after, planned_keys(the_plan))))
     assert records and all(r.outcome is Outcome.KEPT and "busy" in r.detail for r in records)
     assert before.build_cache <= after.build_cache
+
+
+def test_a_parent_whose_child_stays_keeps_its_tags(clean_engine, count):
+    """The plan deletes a classic build's child and its parent, children first; the child is
+    tagged again before its deletion, so its re-check keeps it. The engine would refuse to
+    delete the parent then, but it removes the parent's tags one by one first (quietly, as
+    the parent has a child): the parent must not be touched at all, or `FROM base:1` breaks."""
+    engine = clean_engine
+    parent = fixtures.build(engine, fixtures.BUSYBOX_BASE, "race/base:1", buildkit=False)
+    child = fixtures.build(engine, "FROM race/base:1\nRUN echo child > /child\n", "race/child:1", buildkit=False)
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    assert {i.id: i.parent_id for i in snapshot.images}[child] == parent
+    the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
+    assert {parent, child} <= {o.id for o in the_plan.deletions}
+    with closing(engine.client()) as client:
+        client.api.tag(child, "race/child", "1")  # a rebuild that hit the cache: about to be used
+
+    result = Executor(sparkjoy, audit=True).execute(the_plan)
+
+    outcomes = {r.planned.id: r for r in result.results}
+    with closing(engine.client()) as client:
+        parent_tags = client.api.inspect_image(parent).get("RepoTags") or []
+    count(race_rounds=1, objects_checked=2, objects_lost=int(parent_tags != ["race/base:1"]))
+    assert outcomes[child].outcome is Outcome.KEPT, outcomes[child]
+    assert outcomes[parent].outcome is Outcome.KEPT and "a child image stays" in outcomes[parent].detail
+    assert parent_tags == ["race/base:1"]

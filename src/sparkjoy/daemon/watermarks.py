@@ -90,13 +90,19 @@ def plan_eviction(eligible: Plan, need_bytes: int) -> Eviction:
     oldest = datetime.min.replace(tzinfo=eligible.now.tzinfo)
     lru = sorted(candidates.values(), key=lambda o: (o.reference_time or oldest, o.kind.value, o.id))
     chosen: set[ObjectKey] = set()
+    # Images whose answers pulled other images in (their descendants go first): read afresh
+    # before the run like keep-recent places (Plan.ranked), as a pick rests on their last-tag time.
+    pulling: set[str] = set()
     freed_total = 0
     for candidate in lru:
         if freed_total >= need_bytes:
             break
         if candidate.key in chosen:
             continue
-        chosen.update(with_descendants(candidate.key, set(chosen)))
+        picked = with_descendants(candidate.key, set(chosen))
+        if len(picked) > 1 and candidate.kind is Kind.IMAGE:
+            pulling.add(candidate.id)
+        chosen.update(picked)
         order = sorted(chosen, key=position.__getitem__)
         freed_total = ledger.freed(order).total
 
@@ -118,7 +124,7 @@ def plan_eviction(eligible: Plan, need_bytes: int) -> Eviction:
         else:
             objects.append(o)
     plan = Plan(objects=tuple(objects), now=eligible.now, policy=eligible.policy, snapshot=snapshot, ledger=ledger,
-                ranked=eligible.ranked)
+                ranked=tuple(sorted(set(eligible.ranked) | pulling)))
     shortfall = max(need_bytes - freed.total, 0)
     protected: dict[str, int] = {}
     if shortfall:

@@ -14,10 +14,11 @@ about objects the engine said changed (``forget``), so an idle engine costs one
 last run ended (one call), and inspects again every image they name, or all of them when
 the events cannot tell (see ``_catch_up``). An image whose tags in the listing differ from
 the remembered ones is inspected again in any case. Deletions never use remembered answers:
-the executor's re-checks always ask the engine. A real prune does not use the one-shot
-commands' remembered answers at all (only ``df`` and dry runs do): a plan also rests on other
-images' answers than the one being deleted (which of a repository's images are the newest),
-and the re-check sees only that one.
+the executor's re-checks always ask the engine. A plan also rests on other images' answers
+than the one being deleted (which of a repository's images are the newest, which image pulled
+its children into an eviction): a real prune reads those afresh before it runs
+(``executor.ranks_changed``) and starts again from fresh answers when one differs; a parent
+whose child stays is never touched (``Executor._image``).
 """
 
 from __future__ import annotations
