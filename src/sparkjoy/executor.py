@@ -87,9 +87,14 @@ def ranks_changed(engine: Engine, plan: Plan) -> list[str]:
 
     The re-check before each deletion sees only the image it deletes, but whether an old image
     of a repository goes also rests on the answers of the newer ones that took the keep-recent
-    places. A plan made from remembered answers is run only when these still hold: then every
-    answer a deletion rests on has been read afresh, its own by the re-check. Otherwise the
-    plan must be made again from fresh answers.
+    places (and, in an eviction, on those of the image that pulled it in as its child). A plan
+    made from remembered answers is run only when these still hold: then every answer a
+    deletion rests on has been read afresh, its own by the re-check (a parent whose child stays
+    is kept by the executor, whatever the plan says). Otherwise the plan must be made again
+    from fresh answers.
+
+    Only the last-tag time can go stale unseen: tags are compared with the fresh listing,
+    labels, parent and layers never change for an image ID, and containers are listed fresh.
     """
     read = {image.id: image for image in plan.snapshot.images}
     changed = []
