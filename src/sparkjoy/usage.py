@@ -108,7 +108,8 @@ class LayerLedger:
         more: dict[str, list[ObjectKey]] = {}
         image_kind = Kind.IMAGE
         # The images with layer detail; and those without it that share bytes, with their
-        # shared size (-1: unknown): they may hold any layer of the others (see _hidden_holders).
+        # shared size (-1: unknown): they may hold any layer of the others (see the pass over shared
+        # layers below, and _share_with_unseen_images).
         detailed: list[Image] = []
         unseen: list[tuple[ObjectKey, int]] = []
         opaque: list[ObjectKey] = []  # the images without layer detail with a unique part
@@ -181,12 +182,12 @@ class LayerLedger:
             others = more.get(chain_id)
             images = tuple(dict.fromkeys((head, *others))) if others else (head,)
             records = tuple(layer_records.get(chain_id, ()))
-            hidden = tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
             if len(images) + len(records) > 1:  # (one holder: an image that lists the layer twice)
                 own[head] -= size
                 taken_back.append(head)
                 if len(images) == 1:
                     held_with_cache[head] = held_with_cache.get(head, 0) + size
+                hidden = tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
                 if len(hidden) > _UNSEEN_HOLDERS_LIMIT:
                     continue
                 self._sizes.append(size)
