@@ -69,22 +69,22 @@ class _DeleteSpy:
 
     def __init__(self, adapter):
         self.calls: list[tuple[str, str, dict]] = []
-        api = adapter.api
-        for verb in ("_delete", "_post"):
-            real = getattr(api, verb)
+        transport = adapter._transport
+        real = transport.request
 
-            def spy(url, *args, _real=real, _verb=verb, **kwargs):
-                self.calls.append((_verb, url, dict(kwargs.get("params") or {})))
-                return _real(url, *args, **kwargs)
+        def spy(method, path, params=None, timeout=None):
+            if method in ("DELETE", "POST"):
+                self.calls.append((method, path, dict(params or {})))
+            return real(method, path, params, timeout)
 
-            setattr(api, verb, spy)
+        transport.request = spy
 
     def forced(self) -> list:
         return [c for c in self.calls
                 if c[2].get("force") in (True, "1", "true", 1) or "force=1" in c[1] or "force=true" in c[1]]
 
     def deletes(self) -> list:
-        return [c for c in self.calls if c[0] == "_delete"]
+        return [c for c in self.calls if c[0] == "DELETE"]
 
 
 # -- rule 1 ---------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_the_proxy_passes_a_whole_snapshot_through_unchanged(proxy, clean_engine
     direct = adapter(clean_engine.host).snapshot()
     proxied = adapter(proxy.host).snapshot()
     assert [i.id for i in proxied.images] == [i.id for i in direct.images]
-    assert proxy.requests_seen >= 4
+    assert proxy.requests_seen >= 3  # the API version, /system/df, the image's inspect
     assert proxy.total_injected == 0
 
 

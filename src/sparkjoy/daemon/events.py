@@ -262,32 +262,34 @@ class EventStream:
 
 
 class DockerResolver:
-    """``Resolver`` over the Docker SDK's APIClient."""
+    """``Resolver`` over a ``DockerEngine``'s calls; any failure answers None."""
 
-    def __init__(self, api: Any):
-        self.api = api
+    def __init__(self, engine: Any):
+        self.engine = engine
 
-    def image_of_container(self, container_id: str) -> str | None:
+    def _inspect(self, kind: str, ref: str) -> Any:
+        from ..engine.transport import path_of
+
         try:
-            found = self.api.inspect_container(container_id).get("Image")
+            found = self.engine.read(f"inspect {kind} {ref}", path_of(f"/{kind}s/{{}}/json", ref))
         except Exception:
             return None
+        return found if isinstance(found, dict) else None
+
+    def image_of_container(self, container_id: str) -> str | None:
+        found = (self._inspect("container", container_id) or {}).get("Image")
         return found if isinstance(found, str) and found else None
 
     def image_id(self, ref: str) -> str | None:
         if not ref:
             return None
-        try:
-            found = self.api.inspect_image(ref).get("Id")
-        except Exception:
-            return None
+        found = (self._inspect("image", ref) or {}).get("Id")
         return found if isinstance(found, str) and found else None
 
     def image(self, image_id: str) -> Image | None:
         from ..engine import convert
 
-        try:
-            inspect = self.api.inspect_image(image_id)
-        except Exception:
+        inspect = self._inspect("image", image_id)
+        if inspect is None:
             return None
         return convert.image_from({}, inspect, ())

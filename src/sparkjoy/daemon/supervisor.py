@@ -326,7 +326,7 @@ class Supervisor:
         self._engine = engine
         assert self.state is not None
         engine.know_histories(self.state.histories())  # read by an earlier start or a one-shot run
-        self.interpreter = EventInterpreter(DockerResolver(engine.api), self._counting_policy())
+        self.interpreter = EventInterpreter(DockerResolver(engine), self._counting_policy())
         # The stream gets a client of its own: it blocks in a read for as long as it lives.
         stream_api = DockerEngine(engine.connection, timeout=self.settings.timeout).api
         assert self.state is not None
@@ -369,14 +369,15 @@ class Supervisor:
     def _see_current_images(self, engine: DockerEngine) -> None:
         """Record every image the engine has as seen: one never seen before counts as first seen now."""
         try:
-            ids = engine._call("list images", lambda: engine.api.images(quiet=True))
+            listed = engine.read("list images (GET /images/json)", "/images/json")
         except EngineUnreachable as error:
             raise _EngineLost(error.cause) from error
         except EngineError as error:
             log.warning("could not list images: %s", error)
             return
         assert self.state is not None
-        new = self.state.ensure_seen([i for i in ids or [] if isinstance(i, str)], self.clock())
+        ids = [e.get("Id") for e in listed or [] if isinstance(e, dict)]
+        new = self.state.ensure_seen([i for i in ids if isinstance(i, str) and i], self.clock())
         if new:
             log.info("first sighting of %d image(s): their age counts from now unless they carry a last-tag "
                      "time", new)
@@ -384,7 +385,7 @@ class Supervisor:
     def _find_data_root(self, engine: DockerEngine) -> str:
         path = self.daemon.data_root
         if not path:
-            info = engine._call("read engine info", engine.api.info)
+            info = engine.read("read engine info (GET /info)", "/info")
             path = info.get("DockerRootDir") if isinstance(info, dict) else None
         try:
             os.statvfs(path or "")

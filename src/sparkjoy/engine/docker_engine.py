@@ -1,4 +1,4 @@
-"""The Docker Engine implementation of ``Engine``, over the official SDK's low-level client.
+"""The Docker Engine implementation of ``Engine``, over the engine's REST API (``transport``).
 
 One ``/system/df`` call lists every kind with sizes; images are then inspected (for the
 last-tag time and layers) and stopped containers inspected (for their finish time), in a
@@ -23,60 +23,25 @@ whose child stays is never touched (``Executor._image``).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
-import importlib
-import importlib.util
-import sys
-import types
-
-
-class _OnFirstUse(types.ModuleType):
-    """Stands in ``sys.modules`` for a module until its first attribute is asked for, then
-    imports it for real (which takes its place there) and answers from it."""
-
-    def __getattr__(self, attribute: str) -> Any:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attribute)
-
-
-def _import_on_first_use(name: str) -> None:
-    """Make ``import name`` cheap until the module is used, unless it is loaded already or not
-    installed (then ``import name`` still fails at once).
-
-    The SDK imports paramiko, for ssh:// engines, whenever it is imported: a tenth of a second,
-    a third of the start-up of every command, for the many that never reach an engine over ssh.
-    It uses paramiko only inside functions, so the real import now happens at the first ssh://
-    connection. (The standard library's LazyLoader does not help: on Python 3.11 a second
-    ``import`` of a lazy module reads its ``__spec__``, which loads it.)
-    """
-    if name not in sys.modules and importlib.util.find_spec(name) is not None:
-        sys.modules[name] = _OnFirstUse(name)
-
-
-_import_on_first_use("paramiko")
-
-import docker  # noqa: E402 (after paramiko is made cheap)
-import docker.errors  # noqa: E402
-import requests  # noqa: E402
-import urllib3.exceptions  # noqa: E402
-
 from ..errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from ..model import Container, ContainerState, Image, Snapshot
 from . import convert
 from .base import EventMark, ImageState
 from .connect import Connection, resolve
+from .transport import BadAnswer, Reply, SdkTransport, TimedOut, TransportError, UnixTransport, json_objects, path_of
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_FORCE = {"force": False, "noprune": False}  # never force: the engine's refusals are safety checks
 
 
+MINIMUM_API_VERSION = "1.24"  # the SDK's minimum: older engines lack what sparkjoy reads
 DEFAULT_TIMEOUT = 600  # seconds: listing or pruning a big engine is slow; a short timeout breaks it
 INSPECT_WORKERS = 8
 # Engines before 23.0 answer /system/df with a 500 while another df runs (two prunes, or a
@@ -168,32 +133,77 @@ class DockerEngine:
         # caught up with the events.
         self._snapshot_engine_time: int | None = None
         self._engine_identity = ""
-        try:
-            self.api = _APIClient(
-                base_url=connection.base_url,
-                version=api_version,
-                timeout=timeout,
-                tls=connection.tls or False,
-                use_ssh_client=_use_ssh_client(connection.base_url),
-            )
-        except docker.errors.InvalidVersion as error:
-            raise EngineError("negotiate the API version (GET /version)", None, _cause(error)) from error
-        except docker.errors.DockerException as error:
-            if getattr(error.__cause__, "status_code", None) == 404:
-                # Every Docker engine serves /version: what answers here is something else.
-                raise EngineUnreachable(connection.base_url, "something answers there, but not as a Docker engine "
-                                        "(GET /version: 404 Not Found)", _not_an_engine_hint(connection)) from error
-            if _answered_badly(error.__cause__):
-                raise EngineError(
-                    "read the API version (GET /version)",
-                    getattr(error.__cause__, "status_code", None),
-                    f"bad answer from the engine: {_cause(error.__cause__)}",
-                ) from error
-            raise _unreachable(connection, error) from error
-        except (requests.exceptions.RequestException, OSError) as error:
-            raise _unreachable(connection, error) from error
+        self._timeout = timeout
+        self._sdk_api: Any = None
+        self._version_answer: Any = None  # GET /version as negotiated, for the first snapshot
         if connection.base_url.startswith("unix://"):
-            _reuse_unix_connections(self.api)
+            self._transport: UnixTransport | SdkTransport = UnixTransport(
+                connection.base_url.removeprefix("unix://"), timeout)
+        else:
+            self._transport = SdkTransport(self._sdk())
+        self.api_version = self._negotiate(api_version)
+        self._prefix = f"/v{self.api_version}"
+        if self._sdk_api is not None:
+            self._sdk_api._version = self.api_version  # what the SDK's own "auto" sets
+
+    def _sdk(self) -> Any:
+        """The Docker SDK's client for this engine (tcp://, ssh://, npipe://, and the daemon's
+        event stream), made on first use."""
+        if self._sdk_api is None:
+            try:
+                from . import sdk
+
+                self._sdk_api = sdk.client(self.connection.base_url, self.connection.tls, self._timeout,
+                                           getattr(self, "api_version", None) or MINIMUM_API_VERSION)
+            except Exception as error:  # the SDK's and ssh's own errors: the address cannot be reached
+                raise _unreachable(self.connection, error) from error
+        return self._sdk_api
+
+    def _negotiate(self, api_version: str) -> str:
+        """The API version to speak: the engine's own (``GET /version``, as the SDK's "auto"
+        and the docker CLI do), or ``api_version`` when one is given."""
+        if api_version != "auto":
+            return api_version
+        operation = "read the API version (GET /version)"
+        try:
+            reply = self._transport.request("GET", "/version")
+        except BadAnswer as error:
+            raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
+        except TransportError as error:
+            raise _unreachable(self.connection, error) from error
+        if reply.status == 404:
+            # Every Docker engine serves /version: what answers here is something else.
+            raise EngineUnreachable(self.connection.base_url, "something answers there, but not as a Docker engine "
+                                    "(GET /version: 404 Not Found)", _not_an_engine_hint(self.connection))
+        if reply.status in (502, 503, 504):  # a proxy whose engine is down
+            raise _unreachable(self.connection, _StatusError(reply))
+        if reply.status >= 400:
+            raise EngineError(operation, reply.status, f"bad answer from the engine: {_status_text(reply)}")
+        try:
+            answer = reply.json()
+            version = answer["ApiVersion"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise EngineError(operation, None, "bad answer from the engine: no ApiVersion in the answer "
+                              f"({_cause(error)})") from error
+        if not isinstance(version, str) or not _version_at_least(version, MINIMUM_API_VERSION):
+            raise EngineError("negotiate the API version (GET /version)", None,
+                              f"the engine speaks API {version!r}; sparkjoy needs {MINIMUM_API_VERSION} or later")
+        self._version_answer = answer
+        return version
+
+    @property
+    def api(self) -> Any:
+        """The Docker SDK's low-level client for this engine, for the daemon's event stream."""
+        return self._sdk()
+
+    def read(self, operation: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path`` (after the version prefix: ``/images/json``) and return its JSON, with
+        the errors of every other call (``operation`` names it in them)."""
+        return self._call(operation, "GET", path, params)
+
+    def close(self) -> None:
+        """Close the connections kept open (the engine object cannot be used after)."""
+        self._transport.close()
 
     @classmethod
     def connect(
@@ -255,10 +265,7 @@ class DockerEngine:
             self.forget()
             return
         try:
-            events = self._call(
-                "read the events since the last run (GET /events)",
-                lambda: self._events_between(since, until),
-            )
+            events = self._events_between(since, until)
         except EngineError:
             self.forget()
             return
@@ -283,24 +290,24 @@ class DockerEngine:
         the past, so the engine ends the answer). The SDK's ``events()`` waits without a timeout,
         for a stream that is meant to last: an engine that kept this one open would hang the run."""
         params = {"since": _seconds_text(since), "until": _seconds_text(until)}
-        response = self.api._get(self.api._url("/events"), params=params, stream=True, timeout=EVENTS_TIMEOUT_S)
+        operation = "read the events since the last run (GET /events)"
         try:
-            self.api._raise_for_status(response)
-            # The SDK reads the stream from urllib3 directly: its errors (a read timeout, a cut
-            # connection) are not the requests errors _call maps.
-            return list(self.api._stream_helper(response, decode=True))
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise EngineError("read the events since the last run (GET /events)", None,
-                              f"the events did not come: {_cause(error)}") from error
-        finally:
-            response.close()
+            reply = self._request(operation, "GET", "/events", params, timeout=EVENTS_TIMEOUT_S)
+        except EngineError as error:
+            if isinstance(error.__cause__, (TimedOut, BadAnswer)):
+                raise EngineError(operation, None, f"the events did not come: {_cause(error.__cause__)}") from error
+            raise
+        try:
+            return list(json_objects(reply.body.decode()))
+        except ValueError as error:
+            raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
 
     def _engine_clock(self) -> tuple[int | None, str]:
         """From ``GET /info``: the engine's clock now, in unix nanoseconds (to the microsecond;
         the Date header has whole seconds only), or None when it does not say; and what tells
         this engine from another behind the same address (its ID and data root)."""
         try:
-            info = self._call("read the engine's clock (GET /info)", self.api.info)
+            info = self._call("read the engine's clock (GET /info)", "GET", "/info")
         except EngineError:
             return None, ""
         if not isinstance(info, dict):
@@ -324,12 +331,12 @@ class DockerEngine:
             ) != sorted(convert.real_tags(convert.as_strings(entry.get("RepoTags")))):
                 del known[entry["Id"]]
 
-    def _inspect(self, what: str, object_id: str, fn: Callable[[], Any]) -> Any:
+    def _inspect(self, what: str, object_id: str, path: str) -> Any:
         """Inspect for a snapshot: the remembered answer when there is one. Of an image, only
         the fields sparkjoy reads are kept (``convert.image_inspect_essentials``)."""
         if self._remembered is not None and object_id in self._remembered:
             return self._remembered[object_id]
-        answer = self._call(f"inspect {what} {object_id}", fn)
+        answer = self._call(f"inspect {what} {object_id}", "GET", path)
         if what == "image":
             answer = convert.image_inspect_essentials(answer)
         if self._remembered is not None and isinstance(answer, dict):
@@ -343,7 +350,7 @@ class DockerEngine:
         operation = "read disk usage (GET /system/df)"
         for attempt in range(DF_RETRIES + 1):
             try:
-                df = self._call(operation, self.api.df)
+                df = self._call(operation, "GET", "/system/df")
                 break
             except EngineError as error:
                 if error.status is None or error.status < 500 or attempt == DF_RETRIES:
@@ -353,40 +360,52 @@ class DockerEngine:
             raise EngineError(operation, None, f"expected an object, got {type(df).__name__}")
         return df
 
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run one API call, turning transport failures and error statuses into sparkjoy errors."""
+    def _request(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None = None,
+                 timeout: float | None = None) -> Reply:
+        """Make one API call (``path`` after the version prefix) and return its answer, turning
+        transport failures and error statuses into sparkjoy errors."""
         try:
-            return fn()
-        except docker.errors.NotFound as error:
-            raise EngineNotFound(operation, 404, _explanation(error)) from error
-        except docker.errors.APIError as error:
-            status = error.status_code
-            message = _explanation(error)
-            if status == 409:
-                raise EngineConflict(operation, status, message) from error
-            raise EngineError(operation, status, message) from error
-        except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as error:
-            raise _unreachable(self.connection, error) from error
-        except requests.exceptions.Timeout as error:
-            raise EngineError(operation, None, f"timed out: {error}") from error
-        except (requests.exceptions.RequestException, json.JSONDecodeError, ValueError) as error:
+            reply = self._transport.request(method, self._prefix + path, params, timeout)
+        except TimedOut as error:
+            raise EngineError(operation, None, f"timed out: {_cause(error)}") from error
+        except BadAnswer as error:
             raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
-        except docker.errors.DockerException as error:
-            raise EngineError(operation, None, _cause(error)) from error
+        except TransportError as error:
+            raise _unreachable(self.connection, error) from error
+        if reply.status >= 400:
+            message = _status_text(reply)
+            if reply.status == 404:
+                raise EngineNotFound(operation, 404, message)
+            if reply.status == 409:
+                raise EngineConflict(operation, 409, message)
+            raise EngineError(operation, reply.status, message)
+        return reply
+
+    def _call(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None = None,
+              timeout: float | None = None) -> Any:
+        """``_request``, and the answer's JSON (None for an empty answer)."""
+        reply = self._request(operation, method, path, params, timeout)
+        if not reply.body.strip():
+            return None
+        try:
+            return reply.json()
+        except ValueError as error:
+            raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
 
     # -- reading ------------------------------------------------------------------------
 
     def ping(self) -> None:
         try:
-            self.api.ping()
-        except docker.errors.APIError as error:
-            if error.status_code is not None and 400 <= error.status_code < 500:
+            self._request("ping (GET /_ping)", "GET", "/_ping")
+        except EngineUnreachable:
+            raise
+        except EngineError as error:
+            if error.status is not None and 400 <= error.status < 500:
                 # It answered, and refused: an API version it does not speak, a socket
                 # proxy forbidding the call. Reachable, so not "start the engine".
-                raise EngineError("ping (GET /_ping)", error.status_code, _explanation(error)) from error
-            raise EngineUnreachable(self.host, _explanation(error), _hint(self.connection, str(error))) from error
-        except (requests.exceptions.RequestException, OSError, docker.errors.DockerException) as error:
-            raise _unreachable(self.connection, error) from error
+                raise
+            cause = error.message if error.status is not None else str(error)
+            raise EngineUnreachable(self.host, cause, _hint(self.connection, cause)) from error
 
     def snapshot(self) -> Snapshot:
         taken_at = datetime.now(timezone.utc)
@@ -415,7 +434,7 @@ class DockerEngine:
         def read_image(entry: dict):
             image_id = entry["Id"]
             try:
-                inspect = self._inspect("image", image_id, lambda: self.api.inspect_image(image_id))
+                inspect = self._inspect("image", image_id, path_of("/images/{}/json", image_id))
             except EngineNotFound:
                 return None  # deleted since the listing
             layers: tuple = ()
@@ -429,7 +448,7 @@ class DockerEngine:
             inspect = None
             if state in (ContainerState.EXITED.value, ContainerState.DEAD.value):
                 try:
-                    inspect = self._inspect("container", entry["Id"], lambda: self.api.inspect_container(entry["Id"]))
+                    inspect = self._inspect("container", entry["Id"], path_of("/containers/{}/json", entry["Id"]))
                 except EngineNotFound:
                     return None
             return convert.container_from(entry, inspect)
@@ -452,7 +471,10 @@ class DockerEngine:
         if self._remembered is not None and "version" in self._remembered:
             version = self._remembered["version"]  # the same engine process: a restart ends its event stream
         else:
-            version = self._call("read engine version", self.api.version)
+            if self._version_answer is not None:
+                version, self._version_answer = self._version_answer, None  # read when this engine was reached
+            else:
+                version = self._call("read engine version", "GET", "/version")
             if self._remembered is not None:
                 self._remembered["version"] = version
         return Snapshot(
@@ -462,7 +484,7 @@ class DockerEngine:
             build_cache=records,
             volumes=volumes,
             layers_size=max(convert.as_int(df.get("LayersSize"), 0), 0),
-            api_version=convert.as_str(self.api.api_version),
+            api_version=self.api_version,
             engine_version=convert.as_str(version.get("Version")) if isinstance(version, dict) else "",
             build_cache_supported=build_cache_supported,
         )
@@ -489,7 +511,7 @@ class DockerEngine:
                     break
                 chain.append(current)
                 try:
-                    inspect = self._call(f"inspect image {current}", lambda c=current: self.api.inspect_image(c))
+                    inspect = self._call(f"inspect image {current}", "GET", path_of("/images/{}/json", current))
                 except EngineNotFound:
                     current = ""
                     break
@@ -521,7 +543,7 @@ class DockerEngine:
         if image_id not in self._history_cache:
             try:
                 self._history_cache[image_id] = self._call(
-                    f"read history of image {image_id}", lambda: self.api.history(image_id)
+                    f"read history of image {image_id}", "GET", path_of("/images/{}/history", image_id)
                 )
             except EngineNotFound:
                 return None
@@ -547,7 +569,7 @@ class DockerEngine:
 
     def image_state(self, image_id: str) -> ImageState | None:
         try:
-            inspect = self._call(f"inspect image {image_id}", lambda: self.api.inspect_image(image_id))
+            inspect = self._call(f"inspect image {image_id}", "GET", path_of("/images/{}/json", image_id))
         except EngineNotFound:
             return None
         if not isinstance(inspect, dict):
@@ -561,8 +583,8 @@ class DockerEngine:
 
     def containers_of_image(self, image_id: str) -> list[Container]:
         entries = self._call(
-            f"list containers of image {image_id}",
-            lambda: self.api.containers(all=True, filters={"ancestor": image_id}),
+            f"list containers of image {image_id}", "GET", "/containers/json",
+            {"all": True, "filters": {"ancestor": [image_id]}},
         )
         if not isinstance(entries, list):
             # This answer is the last check that no container uses the image: an answer
@@ -574,18 +596,15 @@ class DockerEngine:
         return found
 
     def untag(self, tag: str) -> list[dict]:
-        return self._call(f"untag {tag}", lambda: self.api.remove_image(tag, force=False, noprune=False)) or []
+        return self._call(f"untag {tag}", "DELETE", path_of("/images/{}", tag), _NO_FORCE) or []
 
     def delete_image(self, image_id: str) -> list[dict]:
-        return self._call(
-            f"delete image {image_id}", lambda: self.api.remove_image(image_id, force=False, noprune=False)
-        ) or []
+        return self._call(f"delete image {image_id}", "DELETE", path_of("/images/{}", image_id), _NO_FORCE) or []
 
     def container_state(self, container_id: str) -> Container | None:
         try:
-            inspect = self._call(
-                f"inspect container {container_id}", lambda: self.api.inspect_container(container_id)
-            )
+            inspect = self._call(f"inspect container {container_id}", "GET",
+                                 path_of("/containers/{}/json", container_id))
         except EngineNotFound:
             return None
         if not isinstance(inspect, dict):
@@ -602,19 +621,15 @@ class DockerEngine:
         return convert.container_from(summary, inspect)
 
     def remove_container(self, container_id: str) -> None:
-        self._call(
-            f"remove container {container_id}",
-            lambda: self.api.remove_container(container_id, v=False, force=False),
-        )
+        self._call(f"remove container {container_id}", "DELETE", path_of("/containers/{}", container_id),
+                   {"v": False, "force": False})
 
     def prune_build_cache_record(self, record_id: str) -> tuple[bool, int]:
         # `all` lets the filter reach shared and internal records; the `id` filter keeps it to
         # exactly this record (the engine ignores label filters here, so never scope by label).
-        def call():
-            return self.api.prune_builds(filters={"id": [record_id]}, all=True)
-
         try:
-            result = self._call(f"prune build cache record {record_id}", call)
+            result = self._call(f"prune build cache record {record_id}", "POST", "/build/prune",
+                                {"filters": {"id": [record_id]}, "all": True})
         except EngineConflict as error:
             raise EngineBusy(error.operation, error.status, error.message) from error
         if not isinstance(result, dict):
@@ -624,13 +639,13 @@ class DockerEngine:
 
     def volume_exists(self, name: str) -> bool:
         try:
-            self._call(f"inspect volume {name}", lambda: self.api.inspect_volume(name))
+            self._call(f"inspect volume {name}", "GET", path_of("/volumes/{}", name))
         except EngineNotFound:
             return False
         return True
 
     def remove_volume(self, name: str) -> None:
-        self._call(f"remove volume {name}", lambda: self.api.remove_volume(name, force=False))
+        self._call(f"remove volume {name}", "DELETE", path_of("/volumes/{}", name))
 
 
 def _read_all(pool: ThreadPoolExecutor, read: Callable[[dict], T], entries: list[dict],
@@ -654,72 +669,25 @@ def _seconds_text(nanos: int) -> str:
     return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
 
 
-def _answered_badly(cause: BaseException | None) -> bool:
-    """True when the engine answered, but with an error status or a body that is no version.
+class _StatusError(Exception):
+    """An error status, as the cause of an EngineUnreachable (a proxy answering for its engine)."""
 
-    Classified by exception type and status code: a 502/503/504 comes from a proxy whose
-    engine is down, which is unreachable; a lost connection is not an answer at all.
-    """
-    if isinstance(cause, docker.errors.APIError):
-        return cause.status_code not in (None, 502, 503, 504)
-    if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    def __init__(self, reply: Reply):
+        super().__init__(_status_text(reply))
+
+
+def _status_text(reply: Reply) -> str:
+    """What an error answer says, or its status when it says nothing."""
+    return reply.message() or f"HTTP {reply.status}"
+
+
+def _version_at_least(version: str, minimum: str) -> bool:
+    try:
+        return tuple(int(p) for p in version.split(".")) >= tuple(int(p) for p in minimum.split("."))
+    except ValueError:
         return False
-    return isinstance(cause, (KeyError, TypeError, ValueError, requests.exceptions.ChunkedEncodingError))
-
-
-class _APIClient(docker.APIClient):
-    """The SDK's client, verifying a TLS engine against its own CA only.
-
-    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` in the environment replace a
-    session's CA file on every request, so with either set (many machines set both, to the
-    system bundle) the engine's certificate was checked against that bundle instead of
-    ``DOCKER_CERT_PATH/ca.pem``: an engine with a private CA could not be reached, and any
-    certificate the bundle trusts for that address was accepted. The docker CLI trusts the
-    given CA alone; so does this.
-    """
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D401 (requests' API)
-        if verify is None and isinstance(self.verify, str):
-            verify = self.verify
-        return super().merge_environment_settings(url, proxies, stream, verify, cert)
-
-
-def _reuse_unix_connections(api: docker.APIClient) -> None:
-    """Keep connections to a unix socket open across requests.
-
-    The SDK's unix-socket adapter keys its connection pools by the whole request URL, so
-    each distinct path (every image's inspect) opens a new connection, and past 25 paths
-    closes an old one: a connect and a close per call, several times the cost of the call
-    on a big engine. Keyed by the socket alone, one pool serves every request. Proxy
-    settings never apply to a unix socket, so requests' scan of the environment for them
-    on every call is skipped too.
-    """
-    adapter = api.adapters.get("http+docker://")
-    if adapter is None or not hasattr(adapter, "pools"):
-        return
-    get_connection = adapter.get_connection
-    adapter.get_connection = lambda url, proxies=None: get_connection("http+docker://localhost", proxies)
-    api.trust_env = False
-
-
-def _explanation(error: docker.errors.APIError) -> str:
-    explanation = getattr(error, "explanation", None)
-    if isinstance(explanation, bytes):
-        explanation = explanation.decode(errors="replace")
-    return str(explanation or error).strip()
 
 
 def _cause(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
-
-
-def _use_ssh_client(base_url: str) -> bool:
-    """ssh:// needs paramiko, an optional extra; without it use the system's ssh client."""
-    if not base_url.startswith("ssh://"):
-        return False
-    try:
-        import paramiko  # noqa: F401
-    except ImportError:
-        return True
-    return False
