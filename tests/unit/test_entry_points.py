@@ -13,12 +13,17 @@ def test_python_dash_m_sparkjoy_is_the_whole_command() -> None:
         assert f"  {command}" in done.stdout, (command, done.stdout)
 
 
-def test_paramiko_is_imported_only_when_an_engine_is_reached_over_ssh() -> None:
-    """The SDK imports paramiko for ssh:// engines; sparkjoy defers that (0.1 s of every start)
-    to the first use, and that use gets the real module."""
+def test_the_sdk_is_not_imported_at_start_up_and_paramiko_only_when_an_engine_is_reached_over_ssh() -> None:
+    """A local engine is reached without the Docker SDK (engine/transport.py), so a command's
+    start-up imports neither it nor requests (0.09 s). Where the SDK is used, sparkjoy.engine.sdk
+    defers paramiko, for ssh:// engines, to its first use, and that use gets the real module."""
     script = (
         "import sys, sparkjoy.cli\n"
-        "assert 'paramiko.transport' not in sys.modules, 'paramiko was imported at start-up'\n"
+        "from sparkjoy.engine.connect import resolve\n"
+        "resolve(None, {'DOCKER_HOST': 'unix:///var/run/docker.sock'})\n"
+        "assert 'docker' not in sys.modules and 'requests' not in sys.modules, 'the SDK was imported at start-up'\n"
+        "import sparkjoy.engine.sdk\n"
+        "assert 'docker' in sys.modules and 'paramiko.transport' not in sys.modules, 'paramiko was imported'\n"
         "from docker.transport import sshconn\n"
         "policy = sshconn.paramiko.RejectPolicy\n"
         "assert 'paramiko.transport' in sys.modules and type(sys.modules['paramiko']).__name__ == 'module'\n"

@@ -236,6 +236,38 @@ def layers_from(inspect: Mapping[str, Any] | None, history: Any, image_size: int
     return tuple(Layer(chain, size) for chain, size in zip(chain_ids(diff_ids), layer_sizes))
 
 
+def layer_chains(inspect: Mapping[str, Any] | None) -> list[str]:
+    """Given an image's inspect answer, return its layers' chain IDs, bottom first."""
+    rootfs = inspect.get("RootFS") if isinstance(inspect, Mapping) else None
+    listed = rootfs.get("Layers") if isinstance(rootfs, Mapping) else None
+    return chain_ids([d for d in listed if isinstance(d, str)] if isinstance(listed, list) else [])
+
+
+def derived_layers(chains: list[str], image_size: int, known: Mapping[str, int]) -> tuple[Layer, ...] | None:
+    """Given an image's layers' chain IDs, its size, and layer sizes by chain ID that other
+    images' histories gave, return its layers when at most one has no known size (that one is
+    what the image's size leaves: an image's size is its layers' sum), else None.
+
+    A layer's size belongs to its chain ID, not to an image: each image holding it shows the
+    same one. So on a base shared by thousands of images, one history tells the base's layers,
+    and each image on it with a single layer of its own needs no history call.
+    """
+    if not chains or image_size < 0:
+        return None
+    unknown = [index for index, chain in enumerate(chains) if chain not in known]
+    if len(unknown) > 1:
+        return None
+    sizes = [known.get(chain, 0) for chain in chains]
+    if unknown:
+        rest = image_size - sum(sizes)
+        if rest < 0:
+            return None
+        sizes[unknown[0]] = rest
+    elif sum(sizes) != image_size:
+        return None
+    return tuple(Layer(chain, size) for chain, size in zip(chains, sizes))
+
+
 def image_from(summary: Mapping[str, Any], inspect: Mapping[str, Any] | None, layers: tuple[Layer, ...]) -> Image:
     """Given the ``/system/df`` image summary and the image's inspect answer, return an Image."""
     inspect = inspect if isinstance(inspect, Mapping) else {}

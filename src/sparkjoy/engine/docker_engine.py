@@ -2,9 +2,12 @@
 
 One ``/system/df`` call lists every kind with sizes; images are then inspected (for the
 last-tag time and layers) and stopped containers inspected (for their finish time), in a
-small thread pool. Image history, which never changes for an image ID, is cached, and the
-one-shot commands keep it across runs in the state database (``know_histories``,
-``histories_of``): a second run asks for the history of new images only.
+small thread pool. Layer sizes come from image histories, read as few as will do: a layer's
+size belongs to its chain ID, so one history per shared base tells it for every image on it,
+and an image with one layer of its own has that layer's size from its own (``_layers``).
+Image history, which never changes for an image ID, is cached, and the one-shot commands keep
+it across runs in the state database (``know_histories``, ``histories_of``): a second run
+asks for the history of new images only.
 
 A long-lived owner that follows the engine's event stream (the daemon) can ask for the
 inspects to be remembered too (``remember_inspects=True``): a later snapshot then asks only
@@ -23,6 +26,7 @@ whose child stays is never touched (``Executor._image``).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +48,7 @@ _NO_FORCE = {"force": False, "noprune": False}  # never force: the engine's refu
 MINIMUM_API_VERSION = "1.24"  # the SDK's minimum: older engines lack what sparkjoy reads
 DEFAULT_TIMEOUT = 600  # seconds: listing or pruning a big engine is slow; a short timeout breaks it
 INSPECT_WORKERS = 8
+DERIVE_SWEEPS = 3  # layer sizes told by other images' (see DockerEngine._layers)
 # Engines before 23.0 answer /system/df with a 500 while another df runs (two prunes, or a
 # `docker system df`, at once). The call only reads, so a 5xx is retried after a short wait.
 DF_RETRIES = 4
@@ -431,17 +436,11 @@ class DockerEngine:
         def needs_layers(entry: dict) -> bool:
             return convert.as_int(entry.get("SharedSize"), 0) != 0 or any_shared_record
 
-        def read_image(entry: dict):
-            image_id = entry["Id"]
+        def read_inspect(entry: dict):
             try:
-                inspect = self._inspect("image", image_id, path_of("/images/{}/json", image_id))
+                return self._inspect("image", entry["Id"], path_of("/images/{}/json", entry["Id"]))
             except EngineNotFound:
                 return None  # deleted since the listing
-            layers: tuple = ()
-            size = convert.as_int(entry.get("Size"), -1)
-            if needs_layers(entry):
-                layers = convert.layers_from(inspect, self._history(image_id), size)
-            return convert.image_from(entry, inspect, layers)
 
         def read_container(entry: dict):
             state = convert.as_str(entry.get("State")).lower()
@@ -456,13 +455,16 @@ class DockerEngine:
         known = self._remembered or {}
 
         def image_asks(entry: dict) -> bool:
-            return entry["Id"] not in known or (needs_layers(entry) and entry["Id"] not in self._history_cache)
+            return entry["Id"] not in known
 
         def container_asks(entry: dict) -> bool:
             return entry["Id"] not in known
 
         with ThreadPoolExecutor(max_workers=INSPECT_WORKERS) as pool:
-            images = tuple(i for i in _read_all(pool, read_image, image_entries, image_asks) if i is not None)
+            inspects = _read_all(pool, read_inspect, image_entries, image_asks)
+            read = [(entry, inspect) for entry, inspect in zip(image_entries, inspects) if inspect is not None]
+            layers = self._layers(pool, [(e, i) for e, i in read if needs_layers(e)])
+            images = tuple(convert.image_from(e, i, layers.get(e["Id"], ())) for e, i in read)
             containers = tuple(
                 c for c in _read_all(pool, read_container, container_entries, container_asks) if c is not None
             )
@@ -488,6 +490,61 @@ class DockerEngine:
             engine_version=convert.as_str(version.get("Version")) if isinstance(version, dict) else "",
             build_cache_supported=build_cache_supported,
         )
+
+    def _layers(self, pool: ThreadPoolExecutor, wanted: list[tuple[dict, Any]]) -> dict[str, tuple]:
+        """Given the listing's entries and inspects of the images whose layers matter, return
+        their layers with sizes (image id -> layers; () where they cannot be told), reading as
+        few histories as will do.
+
+        A history read (or remembered) gives the sizes of that image's layers, by chain ID;
+        an image whose layers' sizes are then all known but one needs no history of its own
+        (``convert.derived_layers``). So first the remembered histories; then, in a round,
+        one history for each layer of unknown size that two or more of the remaining images
+        hold; what is still left after two rounds (images with several layers of their own)
+        has its own history read, as before."""
+        known: dict[str, int] = {}
+        found: dict[str, tuple] = {}
+        pending: dict[str, tuple[Any, int, list[str]]] = {}
+        for entry, inspect in wanted:
+            image_id = entry["Id"]
+            size = convert.as_int(entry.get("Size"), -1)
+            if image_id in self._history_cache:
+                found[image_id] = convert.layers_from(inspect, self._history_cache[image_id], size)
+                known.update((layer.chain_id, layer.size) for layer in found[image_id])
+            else:
+                pending[image_id] = (inspect, size, convert.layer_chains(inspect))
+        for rounds in itertools.count(1):
+            for _ in range(DERIVE_SWEEPS):  # a sweep's findings can tell more: sweep again, a few times
+                derived_any = False
+                for image_id, (_, size, chains) in list(pending.items()):
+                    derived = convert.derived_layers(chains, size, known)
+                    if derived is not None:
+                        found[image_id] = derived
+                        known.update((layer.chain_id, layer.size) for layer in derived)
+                        del pending[image_id]
+                        derived_any = True
+                if not derived_any:
+                    break
+            if not pending:
+                break
+            pick = list(pending)
+            if rounds <= 2:
+                # For each layer of unknown size two or more images hold, the holder with the
+                # most such layers: its history tells the most (and it needs its own anyway).
+                holders: dict[str, list[str]] = {}
+                unknown: dict[str, int] = {}
+                for image_id, (_, _, chains) in pending.items():
+                    for chain in chains:
+                        if chain not in known:
+                            holders.setdefault(chain, []).append(image_id)
+                            unknown[image_id] = unknown.get(image_id, 0) + 1
+                best = (max(ids, key=unknown.__getitem__) for ids in holders.values() if len(ids) > 1)
+                pick = list(dict.fromkeys(best)) or pick
+            for image_id, history in zip(pick, pool.map(self._history, pick)):
+                inspect, size, _ = pending.pop(image_id)
+                found[image_id] = convert.layers_from(inspect, history, size)
+                known.update((layer.chain_id, layer.size) for layer in found[image_id])
+        return found
 
     def _with_listed_parents(self, images: tuple[Image, ...]) -> tuple[Image, ...]:
         """Point each image's parent at its nearest ancestor among the listed images.
