@@ -134,10 +134,15 @@ class Executor:
     _children: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
-    def execute(self, plan: Plan) -> RunResult:
+    def execute(self, plan: Plan, usage_before: int | None = None) -> RunResult:
+        """Delete the plan's deletions, re-checking each; return a result per object and the
+        engine's usage before and after. ``usage_before``: what the engine used when the
+        plan's snapshot was taken (``usage.engine_usage(plan.snapshot)``), for a caller that
+        executes right after taking it; None (the default) reads it from the engine now."""
         stopped_early = ""
         try:
-            usage_before = self.engine.usage()
+            if usage_before is None:
+                usage_before = self.engine.usage()
         except EngineUnreachable as error:
             usage_before, stopped_early = 0, f"engine unreachable: {error.cause}"
         except EngineError as error:

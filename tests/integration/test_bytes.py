@@ -163,3 +163,24 @@ def test_layers_of_one_size_that_build_cache_may_hold_are_never_promised_as_free
     assert result.reclaimed_bytes >= 3 * 3_000_000
     assert abs(cache_too.predicted_bytes - result.reclaimed_bytes) <= WITHIN * result.reclaimed_bytes, (
         cache_too.predicted_bytes, result.reclaimed_bytes)
+
+
+def test_a_forced_prune_measures_from_its_snapshot_and_reads_the_usage_once_after(clean_engine):
+    """`prune -f` executes right after its snapshot, so the snapshot's usage is the usage
+    before: /system/df is read twice in all (snapshot, after), and the reclaimed figure is
+    still the engine's own usage before minus after."""
+    from sparkjoy.engine.docker_engine import DockerEngine
+
+    from tests.fixtures import import_image
+    from tests.integration.support import cli, counting_proxy
+
+    for n in range(3):
+        import_image(clean_engine, MB, f"measured/r:{n}", seed=90 + n)
+    before = DockerEngine.connect(host=clean_engine.host).usage()
+    as_of = (utcnow() + timedelta(days=10)).isoformat()
+    with counting_proxy(clean_engine, "GET", r"^/system/df$", "df") as (_, df_calls, through):
+        run = cli(through, "prune", "-f", "--keep-recent", "1", "--max-age", "1d", "--as-of", as_of)
+    after = DockerEngine.connect(host=clean_engine.host).usage()
+    assert df_calls.matched == 2, "the snapshot's and the one after the deletions"
+    assert run["reclaimed_bytes"] == before - after >= 2 * MB
+    assert run["reclaimed_bytes"] == run["predicted_bytes"]

@@ -46,6 +46,7 @@ from ..errors import ConfigError, EngineError, EngineUnreachable, SparkjoyError
 from ..executor import Executor, ObjectResult, Outcome, RunResult, ranks_changed
 from ..model import Kind, Snapshot
 from ..planner import plan as make_plan
+from ..usage import engine_usage
 from ..policy import Policy
 from ..state import State
 from ..units import format_bytes, format_duration
@@ -679,7 +680,8 @@ class Supervisor:
         executor = Executor(engine, reporter=_DebugReporter(), should_stop=self._stop.is_set,
                             wait=lambda seconds: self._stop.wait(seconds) and None, audit=self.daemon.audit)
         try:
-            result = executor.execute(the_plan)
+            # Executed right after its snapshot: the snapshot's usage is the usage before.
+            result = executor.execute(the_plan, usage_before=engine_usage(the_plan.snapshot))
         except EngineUnreachable:
             raise
         except EngineError as error:
