@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import shutil
@@ -93,6 +94,28 @@ def timed(command: list[str], env: dict[str, str], check: bool = True) -> tuple[
     if check and result.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} exited {result.returncode}: {result.stderr[-2000:]}")
     return took, result.stdout, result.returncode
+
+
+def engine_cpu_seconds(engine) -> float:
+    """The CPU time (user + system) the private dockerd has used so far; 0.0 when unknown."""
+    try:
+        pid = int(Path(engine.pidfile).read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def timed_cpu(engine, command: list[str], env: dict[str, str],
+              check: bool = True) -> tuple[float, str, int, float, float]:
+    """``timed``, and the CPU seconds the engine and the command (with its children) used
+    meanwhile: where a tool's time goes, the engine's work or its own."""
+    engine_before = engine_cpu_seconds(engine)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    took, out, code = timed(command, env, check)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return took, out, code, engine_cpu_seconds(engine) - engine_before, client
 
 
 def shown(command: list[str]) -> str:
@@ -219,17 +242,22 @@ def compare_df(engine, runs: int, warmup: int) -> dict[str, Any]:
         "docker": [DOCKER, "system", "df", "-v"],
     }
     times: dict[str, dict[str, list[float]]] = {t: {"first": [], "second": []} for t in tools}
+    cpu: dict[str, dict[str, list[float]]] = {
+        t: {f"{run}_{who}_cpu": [] for run in ("first", "second") for who in ("engine", "client")} for t in tools}
     for trial in range(warmup + runs):
         order = list(tools) if trial % 2 == 0 else list(reversed(tools))
         for tool in order:
             engine.restart_engine()
             env = clean_env(engine.host)
-            first, _, _ = timed(tools[tool], env)
-            second, _, _ = timed(tools[tool], env)
+            first, _, _, first_engine, first_client = timed_cpu(engine, tools[tool], env)
+            second, _, _, second_engine, second_client = timed_cpu(engine, tools[tool], env)
             if trial >= warmup:
                 times[tool]["first"].append(first)
                 times[tool]["second"].append(second)
-    result = {tool: {k: summary(v) for k, v in by.items()} for tool, by in times.items()}
+                for key, value in (("first_engine_cpu", first_engine), ("first_client_cpu", first_client),
+                                   ("second_engine_cpu", second_engine), ("second_client_cpu", second_client)):
+                    cpu[tool][key].append(value)
+    result = {tool: {k: summary(v) for k, v in {**by, **cpu[tool]}.items()} for tool, by in times.items()}
     result["ratio"] = {
         k: result["sparkjoy"][k]["median"] / result["docker"][k]["median"] for k in ("first", "second")
     }
@@ -319,11 +347,12 @@ def compare_prune(engine, meta: dict, runs: int, warmup: int) -> dict[str, Any]:
                 timed([str(SPARKJOY), "df"], env)
             before = engine_state(engine)
             command = commands[tool]()
-            took, out, code = timed(command, env, check=False)
+            took, out, code, engine_cpu, client_cpu = timed_cpu(engine, command, env, check=False)
             after = engine_state(engine)
             deleted = sorted(set(before["image_ids"]) - set(after["image_ids"]))
             entry = {
                 "tool": tool, "trial": trial, "warmup": trial < warmup, "seconds": took, "exit_code": code,
+                "engine_cpu_seconds": engine_cpu, "client_cpu_seconds": client_cpu,
                 "restore_seconds": restore_seconds, "deleted_images": len(deleted),
                 "deleted_set": hashlib.sha256("\n".join(deleted).encode()).hexdigest()[:16],
                 "engine_bytes_freed": before["engine_bytes"] - after["engine_bytes"],
@@ -348,6 +377,8 @@ def compare_prune(engine, meta: dict, runs: int, warmup: int) -> dict[str, Any]:
     for tool in commands:
         mine = [t for t in measured if t["tool"] == tool]
         result["tools"][tool] = {"seconds": summary([t["seconds"] for t in mine]),
+                                 "engine_cpu_seconds": summary([t["engine_cpu_seconds"] for t in mine]),
+                                 "client_cpu_seconds": summary([t["client_cpu_seconds"] for t in mine]),
                                  "deleted_images": mine[0]["deleted_images"] if mine else 0}
     sets = {t["deleted_set"] for t in trials}
     counts = {t["tool"]: t["deleted_images"] for t in trials}

@@ -27,6 +27,11 @@ def _spread(summary: dict[str, Any]) -> str:
     return f"{_s(summary['median'])} ({_s(summary['min'])}–{_s(summary['max'])}, n={summary['runs']})"
 
 
+def _cpu(summary: dict[str, Any] | None) -> str:
+    """A median CPU time, or a dash for results from before CPU times were recorded."""
+    return _s(summary["median"]) if summary else "–"
+
+
 def _mb(count: float) -> str:
     return f"{count / 1e6:,.1f} MB"
 
@@ -213,10 +218,15 @@ def _workload_section(name: str, data: dict[str, Any]) -> list[str]:
         df = data["df"]
         out += [f"### `sparkjoy df -v` vs `docker system df -v` ({name})", "",
                 "First = the first call after the engine (re)started, second = the same call right after it.", ""]
-        out.append(_table(["tool", "first run", "second run"], [
-            [tool, _spread(df[tool]["first"]), _spread(df[tool]["second"])] for tool in ("sparkjoy", "docker")
-        ] + [["ratio sparkjoy/docker", f"{df['ratio']['first']:.2f}x", f"{df['ratio']['second']:.2f}x"]]))
-        out += ["", "Commands:", "", "```"] + [c for c in df["commands"].values()] + ["```", ""]
+        out.append(_table(["tool", "first run", "engine CPU, first", "tool CPU, first", "second run",
+                           "engine CPU, second", "tool CPU, second"], [
+            [tool, _spread(df[tool]["first"]), _cpu(df[tool].get("first_engine_cpu")),
+             _cpu(df[tool].get("first_client_cpu")), _spread(df[tool]["second"]),
+             _cpu(df[tool].get("second_engine_cpu")), _cpu(df[tool].get("second_client_cpu"))]
+            for tool in ("sparkjoy", "docker")
+        ] + [["ratio sparkjoy/docker", f"{df['ratio']['first']:.2f}x", "", "", f"{df['ratio']['second']:.2f}x", "", ""]]))
+        out += ["", "CPU: medians of the CPU time the private dockerd and the tool itself (with its children) "
+                "used during each call.", "", "Commands:", "", "```"] + [c for c in df["commands"].values()] + ["```", ""]
     if "api_calls" in data:
         out += [f"### Engine API calls ({name})", "",
                 "Counted by a proxy on a unix socket between the tool and the engine.", ""]
@@ -236,8 +246,9 @@ def _workload_section(name: str, data: dict[str, Any]) -> list[str]:
                 ratio = f"sparkjoy/{tool} = {prune['ratio'][tool]:.2f}x"
                 if "ratio_warm" in prune:
                     ratio += f"; after a df {prune['ratio_warm'][tool]:.2f}x"
-            rows.append([tool, _spread(r["seconds"]), str(r["deleted_images"]), ratio])
-        out.append(_table(["tool", "wall time", "images deleted", "ratio"], rows))
+            rows.append([tool, _spread(r["seconds"]), _cpu(r.get("engine_cpu_seconds")),
+                         _cpu(r.get("client_cpu_seconds")), str(r["deleted_images"]), ratio])
+        out.append(_table(["tool", "wall time", "engine CPU", "tool CPU", "images deleted", "ratio"], rows))
         out.append("")
         out.append(f"Same images deleted by every tool in every trial: **{'yes' if prune['same_deleted_set'] else 'no'}**"
                    f" (deleted counts {prune['deleted_counts']}). Containers and build cache untouched by all: "

@@ -30,6 +30,9 @@ def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
         assert data["prune"]["same_deleted_set"], data["prune"]["deleted_counts"]
         assert data["prune"]["tools"]["sparkjoy"]["deleted_images"] > 0
         assert data["df"]["sparkjoy"]["first"]["runs"] == 1
+        # Where the time goes: the engine's CPU and the tool's, per trial.
+        assert data["prune"]["tools"]["docker"]["engine_cpu_seconds"]["median"] > 0
+        assert data["df"]["sparkjoy"]["first_client_cpu"]["median"] > 0
         assert data["api_calls"]["sparkjoy df"]["by_endpoint"]["GET /system/df"] == 1
         for scenario in data["bytes"].values():
             assert scenario["exit_code"] == 0, scenario
