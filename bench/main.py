@@ -330,8 +330,8 @@ WARM = "sparkjoy, after a df"
 
 def compare_prune(engine, meta: dict, runs: int, warmup: int) -> dict[str, Any]:
     """Prune wall time for the same deleted set: restore, run one tool, see what went. sparkjoy
-    twice: with an empty state database (its first run on a host: every image's inspect and
-    history asked for) and after one `sparkjoy df` (its state from that run)."""
+    twice: with an empty state database (its first run on a host: every image's inspect, and
+    one history per shared base, asked for) and after one `sparkjoy df` (its state from that run)."""
     cutoff = datetime.fromisoformat(meta["cutoff"])
     image_file = Path(meta["image_file"])
     commands = prune_commands(cutoff)
