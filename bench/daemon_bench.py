@@ -139,12 +139,12 @@ def events(engine, lifetimes: int = 3000, tags: int = 600) -> dict[str, Any]:
     from sparkjoy.state import State
 
     api_engine = DockerEngine(Connection(engine.host, "bench"))
-    listed = api_engine.api.images()
+    listed = api_engine.read("list images", "/images/json")
     image_tags = [(i["Id"], t) for i in listed for t in (i.get("RepoTags") or []) if t != "<none>:<none>"]
     lines = synthetic_events(image_tags, lifetimes, tags)
     workdir = Path(tempfile.mkdtemp(prefix="sjevents"))
     state = State.open(workdir / "state.db", engine.host)
-    interpreter = EventInterpreter(DockerResolver(api_engine.api), Policy())
+    interpreter = EventInterpreter(DockerResolver(api_engine), Policy())
     learned_uses = 0
     started = time.perf_counter()
     for start in range(0, len(lines), BATCH):

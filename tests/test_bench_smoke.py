@@ -42,3 +42,20 @@ def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
     assert "## Headline" in report and "## W3" in report
     # The smoke workloads' file system images (tens of MB each) are gone once the run ends.
     assert not list(tmp_path.glob("sjbench-smoke-*"))
+
+
+@pytest.mark.engine
+def test_the_daemon_event_benchmark_resolves_images_through_the_real_resolver(clean_engine) -> None:
+    """bench/daemon_bench.events drives the daemon's event path with the real DockerResolver:
+    the images its events name must be resolved (a resolver that fails answers None, quickly,
+    and would make the events-per-second figure meaningless)."""
+    from bench.daemon_bench import events
+    from tests.fixtures import import_image
+
+    for n in range(3):
+        import_image(clean_engine, 1000, f"bench-events/app:{n}", seed=400 + n)
+    # One tag event only: every other use comes from a container event naming its image by
+    # tag, which only the resolver turns into an image ID.
+    result = events(clean_engine, lifetimes=30, tags=0)
+    assert result["events"] == 30 * 5 + 1
+    assert result["image_uses_recorded"] == 3, result

@@ -309,6 +309,13 @@ class Executor:
                 continue  # the tag went since the re-check; the image itself is checked below
             except EngineConflict as error:
                 return self._refused(planned, removed, error)
+            if not _untagged(answer, tag) and not _deleted(answer, planned.id):
+                # An answer that names neither the tag nor the image (a proxy's, say): look.
+                now = self.engine.image_state(planned.id)
+                if now is not None and tag in now.repo_tags:
+                    outcome = Outcome.PARTIAL if removed else Outcome.FAILED
+                    return ObjectResult(planned, outcome, f"the engine answered the untag of {tag} without "
+                                        "untagging it", removed_tags=tuple(removed))
             removed.append(tag)
             if _deleted(answer, planned.id):
                 return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
@@ -318,12 +325,19 @@ class Executor:
         if removed and self.engine.image_state(planned.id) is None:
             return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
         try:
-            self.engine.delete_image(planned.id)
+            answer = self.engine.delete_image(planned.id)
         except EngineNotFound:
             if not removed:
                 return ObjectResult(planned, Outcome.GONE, "already deleted")
         except EngineConflict as error:
             return self._refused(planned, removed, error)
+        else:
+            # The engine names the image it deleted. An answer that does not (a proxy's, say)
+            # is checked: the image is deleted only if it is no longer there.
+            if not _deleted(answer, planned.id) and self.engine.image_state(planned.id) is not None:
+                outcome = Outcome.PARTIAL if removed else Outcome.FAILED
+                return ObjectResult(planned, outcome, "the engine answered the deletion without deleting: the "
+                                    "image is still there", removed_tags=tuple(removed))
         return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
 
     def _failed(self, planned: PlannedObject, error: EngineError) -> ObjectResult:
@@ -417,6 +431,13 @@ class Executor:
             elif kept.kind is Kind.BUILD_CACHE and kept.id not in records:
                 findings.append(AuditFinding(kept.kind, kept.id, "kept build-cache record is gone"))
         return tuple(findings)
+
+
+def _untagged(answer: list[dict], tag: str) -> bool:
+    """True when the engine's answer to DELETE /images/{tag} says it removed that tag (it
+    names it as given, or normalised with docker.io/ or :latest)."""
+    names = {tag, f"docker.io/{tag}", f"docker.io/library/{tag}", f"{tag}:latest"}
+    return any(isinstance(entry, dict) and entry.get("Untagged") in names for entry in answer or [])
 
 
 def _deleted(answer: list[dict], image_id: str) -> bool:

@@ -76,13 +76,10 @@ DURING_DELETION = [
     Case("slow bodies everywhere still give a complete, correct run",
          lambda w: [Rule("GET", r"^/(system/df|images/.*/json)$", slow_body(chunk=512, interval=0.001))],
          ExitCode.OK, (("old/app3:v1", "deleted"), ("container0", "deleted"))),
+    # `prune -f` measures the usage before from its snapshot's /system/df: the next one is after.
     Case("500 when measuring usage and auditing after the run is reported, deletions stand",
-         lambda w: [Rule("GET", r"^/system/df$", respond(500), from_nth=3)],
-         ExitCode.FAILED, (("old/app3:v1", "deleted"),), stopped_early="reclaimed space not measured: read disk usage"),
-    Case("500 when measuring usage before the run deletes nothing",
          lambda w: [Rule("GET", r"^/system/df$", respond(500), from_nth=2)],
-         ExitCode.FAILED, (("old/app3:v1", "not attempted"), ("container0", "not attempted")),
-         stopped_early="nothing deleted"),
+         ExitCode.FAILED, (("old/app3:v1", "deleted"),), stopped_early="reclaimed space not measured: read disk usage"),
 ]
 
 BEFORE_DELETION = [
@@ -168,6 +165,21 @@ def test_a_cli_prune_under_a_fault_deletes_only_its_plan_and_says_what_happened(
         if "engine unreachable" not in stopped and "audit not done" not in stopped:
             assert report["audit"] == [], report["audit"]  # the audit ran, and found nothing missing
     assert run.returncode == case.exit_code, (run.stdout, run.stderr)
+
+
+def test_a_library_run_that_cannot_read_the_usage_before_deletes_nothing(proxy, clean_engine, count):
+    """Executor.execute without ``usage_before`` reads it from the engine first (a plan made
+    earlier, or a prune after a question): an engine that cannot say what it holds is no
+    engine to delete from."""
+    make_world(clean_engine)
+    before = inventory(clean_engine)
+    proxy.add(Rule("GET", r"^/system/df$", respond(500)))
+    the_plan, result = library_prune(proxy.host, snapshot_host=clean_engine.host)
+    assert the_plan.deletions and proxy.total_injected >= 1
+    assert {r.outcome for r in result.results} == {Outcome.SKIPPED}, result.results
+    assert "nothing deleted" in result.stopped_early and not result.ok
+    assert inventory(clean_engine) == before
+    count(objects_checked=before.size, objects_lost=0, runs=1)
 
 
 def test_the_library_run_reports_every_object_under_a_storm_of_faults(proxy, clean_engine, count):

@@ -329,7 +329,7 @@ class Supervisor:
         engine.know_histories(self.state.histories())  # read by an earlier start or a one-shot run
         self.interpreter = EventInterpreter(DockerResolver(engine), self._counting_policy())
         # The stream gets a client of its own: it blocks in a read for as long as it lives.
-        stream_api = DockerEngine(engine.connection, timeout=self.settings.timeout).api
+        stream_api = engine.stream_client()
         assert self.state is not None
         self._stream = EventStream(
             lambda since: stream_api.events(since=since, decode=True), self.state.last_event_nanos, self._queue

@@ -243,27 +243,33 @@ def layer_chains(inspect: Mapping[str, Any] | None) -> list[str]:
     return chain_ids([d for d in listed if isinstance(d, str)] if isinstance(listed, list) else [])
 
 
-def derived_layers(chains: list[str], image_size: int, known: Mapping[str, int]) -> tuple[Layer, ...] | None:
-    """Given an image's layers' chain IDs, its size, and layer sizes by chain ID that other
-    images' histories gave, return its layers when at most one has no known size (that one is
-    what the image's size leaves: an image's size is its layers' sum), else None.
+def derived_layers(chains: list[str], image_size: int, shared_size: int, known: Mapping[str, int],
+                   held_elsewhere: bool) -> tuple[Layer, ...] | None:
+    """Given an image's layers' chain IDs, its size and shared size as the engine lists them,
+    layer sizes by chain ID that other images' histories gave, and whether another listed
+    image holds the one layer of unknown size, return its layers when that one's size can be
+    told, else None (then its own history is read).
 
     A layer's size belongs to its chain ID, not to an image: each image holding it shows the
     same one. So on a base shared by thousands of images, one history tells the base's layers,
-    and each image on it with a single layer of its own needs no history call.
+    and each image on it with a single layer of its own needs no history call: that layer is
+    what the image's size leaves. Told only when the engine's own split agrees: the known
+    layers, all shown by other images, are shared, so they must add up to the image's shared
+    size, exactly when no other image holds the remaining layer and at most when one does.
+    An engine whose sizes do not add up so has its histories read, as before.
     """
-    if not chains or image_size < 0:
+    if not chains or image_size < 0 or shared_size < 0:
         return None
     unknown = [index for index, chain in enumerate(chains) if chain not in known]
     if len(unknown) > 1:
         return None
     sizes = [known.get(chain, 0) for chain in chains]
+    told = sum(sizes)
     if unknown:
-        rest = image_size - sum(sizes)
-        if rest < 0:
+        if told > shared_size or (not held_elsewhere and told != shared_size) or told > image_size:
             return None
-        sizes[unknown[0]] = rest
-    elif sum(sizes) != image_size:
+        sizes[unknown[0]] = image_size - told
+    elif told != image_size:
         return None
     return tuple(Layer(chain, size) for chain, size in zip(chains, sizes))
 

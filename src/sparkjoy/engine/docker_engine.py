@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -196,10 +197,16 @@ class DockerEngine:
         self._version_answer = answer
         return version
 
-    @property
-    def api(self) -> Any:
-        """The Docker SDK's low-level client for this engine, for the daemon's event stream."""
-        return self._sdk()
+    def stream_client(self) -> Any:
+        """A Docker SDK client of its own for a long-lived stream (the daemon's events, which
+        block in a read for as long as they last), on this engine's address and API version:
+        no request made."""
+        from . import sdk
+
+        try:
+            return sdk.client(self.connection.base_url, self.connection.tls, self._timeout, self.api_version)
+        except Exception as error:  # the SDK's and ssh's own errors: the address cannot be reached
+            raise _unreachable(self.connection, error) from error
 
     def read(self, operation: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET ``path`` (after the version prefix: ``/images/json``) and return its JSON, with
@@ -377,7 +384,9 @@ class DockerEngine:
             raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
         except TransportError as error:
             raise _unreachable(self.connection, error) from error
-        if reply.status >= 400:
+        if not 200 <= reply.status < 300:
+            # An error, or an answer the API never gives (a redirect, "not modified"): never
+            # success. (The engine's own redirects are not followed: it sends none.)
             message = _status_text(reply)
             if reply.status == 404:
                 raise EngineNotFound(operation, 404, message)
@@ -388,14 +397,15 @@ class DockerEngine:
 
     def _call(self, operation: str, method: str, path: str, params: Mapping[str, Any] | None = None,
               timeout: float | None = None) -> Any:
-        """``_request``, and the answer's JSON (None for an empty answer)."""
+        """``_request``, and the answer's JSON. Every call made this way answers JSON: an empty
+        or unreadable body is a bad answer, never success (a deletion answered so did not
+        happen as far as anyone can tell; the executor's re-check then looks)."""
         reply = self._request(operation, method, path, params, timeout)
-        if not reply.body.strip():
-            return None
         try:
             return reply.json()
         except ValueError as error:
-            raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
+            what = "an empty answer" if not reply.body.strip() else _cause(error)
+            raise EngineError(operation, None, f"bad answer from the engine: {what}") from error
 
     # -- reading ------------------------------------------------------------------------
 
@@ -438,9 +448,13 @@ class DockerEngine:
 
         def read_inspect(entry: dict):
             try:
-                return self._inspect("image", entry["Id"], path_of("/images/{}/json", entry["Id"]))
+                answer = self._inspect("image", entry["Id"], path_of("/images/{}/json", entry["Id"]))
             except EngineNotFound:
                 return None  # deleted since the listing
+            if not isinstance(answer, dict):  # not "deleted": an image left out could be a child that stays
+                raise EngineError(f"inspect image {entry['Id']}", None,
+                                  f"bad answer from the engine: expected an object, got {type(answer).__name__}")
+            return answer
 
         def read_container(entry: dict):
             state = convert.as_str(entry.get("State")).lower()
@@ -505,19 +519,28 @@ class DockerEngine:
         known: dict[str, int] = {}
         found: dict[str, tuple] = {}
         pending: dict[str, tuple[Any, int, list[str]]] = {}
+        shared: dict[str, int] = {}
+        holders: Counter[str] = Counter()  # chain id -> how many of the listed images hold it
         for entry, inspect in wanted:
             image_id = entry["Id"]
+            if image_id in found or image_id in pending:
+                continue  # listed twice: once is enough
             size = convert.as_int(entry.get("Size"), -1)
+            chains = convert.layer_chains(inspect)
+            holders.update(chains)
+            shared[image_id] = convert.as_int(entry.get("SharedSize"), -1)
             if image_id in self._history_cache:
                 found[image_id] = convert.layers_from(inspect, self._history_cache[image_id], size)
                 known.update((layer.chain_id, layer.size) for layer in found[image_id])
             else:
-                pending[image_id] = (inspect, size, convert.layer_chains(inspect))
+                pending[image_id] = (inspect, size, chains)
         for rounds in itertools.count(1):
             for _ in range(DERIVE_SWEEPS):  # a sweep's findings can tell more: sweep again, a few times
                 derived_any = False
                 for image_id, (_, size, chains) in list(pending.items()):
-                    derived = convert.derived_layers(chains, size, known)
+                    left = [chain for chain in chains if chain not in known]
+                    derived = convert.derived_layers(chains, size, shared[image_id], known,
+                                                     held_elsewhere=len(left) == 1 and holders[left[0]] > 1)
                     if derived is not None:
                         found[image_id] = derived
                         known.update((layer.chain_id, layer.size) for layer in derived)
@@ -531,14 +554,14 @@ class DockerEngine:
             if rounds <= 2:
                 # For each layer of unknown size two or more images hold, the holder with the
                 # most such layers: its history tells the most (and it needs its own anyway).
-                holders: dict[str, list[str]] = {}
+                pending_holders: dict[str, list[str]] = {}
                 unknown: dict[str, int] = {}
                 for image_id, (_, _, chains) in pending.items():
                     for chain in chains:
                         if chain not in known:
-                            holders.setdefault(chain, []).append(image_id)
+                            pending_holders.setdefault(chain, []).append(image_id)
                             unknown[image_id] = unknown.get(image_id, 0) + 1
-                best = (max(ids, key=unknown.__getitem__) for ids in holders.values() if len(ids) > 1)
+                best = (max(ids, key=unknown.__getitem__) for ids in pending_holders.values() if len(ids) > 1)
                 pick = list(dict.fromkeys(best)) or pick
             for image_id, history in zip(pick, pool.map(self._history, pick)):
                 inspect, size, _ = pending.pop(image_id)
@@ -653,10 +676,19 @@ class DockerEngine:
         return found
 
     def untag(self, tag: str) -> list[dict]:
-        return self._call(f"untag {tag}", "DELETE", path_of("/images/{}", tag), _NO_FORCE) or []
+        return self._deletion(f"untag {tag}", tag)
 
     def delete_image(self, image_id: str) -> list[dict]:
-        return self._call(f"delete image {image_id}", "DELETE", path_of("/images/{}", image_id), _NO_FORCE) or []
+        return self._deletion(f"delete image {image_id}", image_id)
+
+    def _deletion(self, operation: str, reference: str) -> list[dict]:
+        """DELETE /images/{reference}, never forced; the engine's list of what it untagged and
+        deleted (an answer that is no list is a bad answer, not an empty one)."""
+        answer = self._call(operation, "DELETE", path_of("/images/{}", reference), _NO_FORCE)
+        if not isinstance(answer, list):
+            raise EngineError(operation, None, f"bad answer from the engine: expected a list, got "
+                              f"{type(answer).__name__}")
+        return answer
 
     def container_state(self, container_id: str) -> Container | None:
         try:
@@ -678,8 +710,8 @@ class DockerEngine:
         return convert.container_from(summary, inspect)
 
     def remove_container(self, container_id: str) -> None:
-        self._call(f"remove container {container_id}", "DELETE", path_of("/containers/{}", container_id),
-                   {"v": False, "force": False})
+        self._request(f"remove container {container_id}", "DELETE", path_of("/containers/{}", container_id),
+                      {"v": False, "force": False})
 
     def prune_build_cache_record(self, record_id: str) -> tuple[bool, int]:
         # `all` lets the filter reach shared and internal records; the `id` filter keeps it to
@@ -702,7 +734,7 @@ class DockerEngine:
         return True
 
     def remove_volume(self, name: str) -> None:
-        self._call(f"remove volume {name}", "DELETE", path_of("/volumes/{}", name))
+        self._request(f"remove volume {name}", "DELETE", path_of("/volumes/{}", name))
 
 
 def _read_all(pool: ThreadPoolExecutor, read: Callable[[dict], T], entries: list[dict],

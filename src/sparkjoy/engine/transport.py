@@ -148,6 +148,11 @@ class UnixTransport:
         except OSError as error:
             connection.close()
             raise Unreachable(f"{method} {path}: {error}") from error
+        if response.status < 200:
+            # An interim answer (102, 103: http.client passes over 100 alone) with the real one
+            # still to come on this connection: not an answer the API gives. Never pooled.
+            connection.close()
+            raise BadAnswer(f"{method} {path}: an interim answer ({response.status}) instead of one")
         try:
             body = response.read()
         except socket.timeout as error:
@@ -182,9 +187,7 @@ class UnixTransport:
         connection = _UnixConnection(self.socket_path, self.timeout)
         try:
             connection.connect()
-        except socket.timeout as error:
-            raise TimedOut(f"connect to {self.socket_path}: timed out") from error
-        except OSError as error:
+        except OSError as error:  # a connect that times out (a full backlog) is no connection either
             raise Unreachable(f"connect to {self.socket_path}: {error}") from error
         return connection
 
@@ -198,14 +201,16 @@ class UnixTransport:
 
 def _dropped(sock: socket.socket | None) -> bool:
     """True when an idle kept-alive connection is closed (or has unasked-for bytes): readable
-    with nothing asked means the engine hung up. The check urllib3 makes before reusing one."""
+    with nothing asked means the engine hung up. The check urllib3 makes before reusing one
+    (poll, not select: select cannot watch a descriptor past 1023)."""
     if sock is None:
         return True
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class SdkTransport:
@@ -221,6 +226,8 @@ class SdkTransport:
         url = self.api.base_url + path + query_of(params)
         try:
             response = self.api.request(method, url, timeout=self.api.timeout if timeout is None else timeout)
+        except requests.exceptions.ConnectTimeout as error:  # a Timeout and a ConnectionError: no connection
+            raise Unreachable(f"{method} {path}: connecting timed out ({error})") from error
         except requests.exceptions.Timeout as error:
             raise TimedOut(f"{method} {path}: no answer within the timeout") from error
         except requests.exceptions.ChunkedEncodingError as error:
