@@ -12,21 +12,22 @@ The recipe (see shared/docs/test-engine.md) is::
   directory $T, so removing $T removes every trace, and the socket path stays well
   under the ~100 byte limit of unix socket paths.
 
-This module needs only the standard library, except `IsolatedEngine.client()`, which
-imports the docker SDK when called.
+This module needs only the standard library and sparkjoy's own unix-socket HTTP connection
+(for the readiness ping), except `IsolatedEngine.client()`, which imports the docker SDK when
+called.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from sparkjoy.engine.transport import UnixConnection
 
 DOCKERD = "/usr/sbin/dockerd"
 
@@ -42,24 +43,6 @@ POLL_INTERVAL_S = 0.05
 
 class EngineError(RuntimeError):
     """The private engine could not be started or stopped."""
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket, enough for `GET /_ping` without the docker SDK."""
-
-    def __init__(self, socket_path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class IsolatedEngine:
@@ -153,7 +136,7 @@ class IsolatedEngine:
 
     def ping(self, timeout: float = 2.0) -> bool:
         """True when the engine answers `GET /_ping` with 200 OK."""
-        connection = _UnixHTTPConnection(self.socket_path, timeout=timeout)
+        connection = UnixConnection(self.socket_path, timeout=timeout)
         try:
             connection.request("GET", "/_ping")
             response = connection.getresponse()

@@ -88,7 +88,9 @@ def query_of(params: Mapping[str, Any] | None) -> str:
     return "?" + urlencode(items)
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """One HTTP/1.1 connection to a unix socket."""
+
     def __init__(self, socket_path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self._socket_path = socket_path
@@ -110,7 +112,7 @@ class UnixTransport:
     def __init__(self, socket_path: str, timeout: float, pool_size: int = 16):
         self.socket_path = socket_path
         self.timeout = timeout
-        self._idle: list[_UnixConnection] = []
+        self._idle: list[UnixConnection] = []
         self._lock = threading.Lock()
         self._pool_size = pool_size
 
@@ -173,7 +175,7 @@ class UnixTransport:
         for connection in idle:
             connection.close()
 
-    def _take(self) -> tuple[_UnixConnection, bool]:
+    def _take(self) -> tuple[UnixConnection, bool]:
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
@@ -183,15 +185,15 @@ class UnixTransport:
                 return connection, True
             connection.close()
 
-    def _new(self) -> _UnixConnection:
-        connection = _UnixConnection(self.socket_path, self.timeout)
+    def _new(self) -> UnixConnection:
+        connection = UnixConnection(self.socket_path, self.timeout)
         try:
             connection.connect()
         except OSError as error:  # a connect that times out (a full backlog) is no connection either
             raise Unreachable(f"connect to {self.socket_path}: {error}") from error
         return connection
 
-    def _give_back(self, connection: _UnixConnection) -> None:
+    def _give_back(self, connection: UnixConnection) -> None:
         with self._lock:
             if len(self._idle) < self._pool_size:
                 self._idle.append(connection)
