@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Protocol
 
-from .engine.base import Engine
+from .engine.base import Engine, ImageState
 from .errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
 from .model import Kind, short_id
 from .planner import Plan, PlannedObject
@@ -301,8 +301,33 @@ class Executor:
             name = users[0].names[0] if users[0].names else users[0].short_id
             return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now used by container {name}")
 
+        tried: list[str] = []
+        try:
+            return self._untag_and_delete(planned, current, tried)
+        except EngineError as error:
+            if not tried:
+                raise
+            return self._failed_after_untags(planned, error, tried)
+
+    def _failed_after_untags(self, planned: PlannedObject, error: EngineError, tried: list[str]) -> ObjectResult:
+        """An error after this run asked for tags to go: the result names the tags that went
+        (the image may be whole, partly untagged, or gone)."""
+        try:
+            now = self.engine.image_state(planned.id)
+        except (EngineError, EngineUnreachable):
+            return ObjectResult(planned, Outcome.FAILED, f"{error}; which of {', '.join(tried)} went is not known")
+        if now is None:
+            return ObjectResult(planned, Outcome.DELETED, f"deleted, although the engine answered: {error}",
+                                tuple(tried))
+        gone = tuple(tag for tag in tried if tag not in now.repo_tags)
+        if gone:
+            return ObjectResult(planned, Outcome.PARTIAL, f"removed tags {', '.join(gone)}, then: {error}", gone)
+        return ObjectResult(planned, Outcome.FAILED, str(error))
+
+    def _untag_and_delete(self, planned: PlannedObject, current: ImageState, tried: list[str]) -> ObjectResult:
         removed: list[str] = []
         for tag in current.repo_tags:
+            tried.append(tag)
             try:
                 answer = self.engine.untag(tag)
             except EngineNotFound:

@@ -17,9 +17,10 @@ def test_the_known_layers_must_be_the_shared_size_when_the_last_one_is_the_image
     assert derived_layers(["a", "b", "c"], 100, 40, {"a": 30, "c": 5}, held_elsewhere=False) is None
 
 
-def test_a_last_layer_another_image_holds_may_be_part_of_the_shared_size():
-    assert derived_layers(["a", "b"], 100, 80, {"a": 30}, held_elsewhere=True) == (Layer("a", 30), Layer("b", 70))
-    assert derived_layers(["a", "b"], 100, 20, {"a": 30}, held_elsewhere=True) is None
+def test_a_layer_another_image_holds_is_told_only_for_an_image_of_that_one_layer():
+    assert derived_layers(["a"], 100, 100, {}, held_elsewhere=True) == (Layer("a", 100),)
+    # With a known layer beside it, every layer is shared: the split cannot check the sizes.
+    assert derived_layers(["a", "b"], 100, 100, {"a": 30}, held_elsewhere=True) is None
 
 
 def test_all_sizes_known_must_add_up_to_the_image_size():

@@ -255,8 +255,9 @@ def derived_layers(chains: list[str], image_size: int, shared_size: int, known: 
     and each image on it with a single layer of its own needs no history call: that layer is
     what the image's size leaves. Told only when the engine's own split agrees: the known
     layers, all shown by other images, are shared, so they must add up to the image's shared
-    size, exactly when no other image holds the remaining layer and at most when one does.
-    An engine whose sizes do not add up so has its histories read, as before.
+    size exactly, when no other image holds the remaining layer. A remaining layer another
+    image holds is told only for an image of that one layer (a base alone). An engine whose
+    sizes do not add up so has its histories read, as before.
     """
     if not chains or image_size < 0 or shared_size < 0:
         return None
@@ -266,6 +267,10 @@ def derived_layers(chains: list[str], image_size: int, shared_size: int, known: 
     sizes = [known.get(chain, 0) for chain in chains]
     told = sum(sizes)
     if unknown:
+        # A layer another image holds is told only for an image of that one layer: with other
+        # layers beside it, all of them shared, the split says nothing about their sizes.
+        if held_elsewhere and told:
+            return None
         if told > shared_size or (not held_elsewhere and told != shared_size) or told > image_size:
             return None
         sizes[unknown[0]] = image_size - told

@@ -183,7 +183,7 @@ class DockerEngine:
                                     "(GET /version: 404 Not Found)", _not_an_engine_hint(self.connection))
         if reply.status in (502, 503, 504):  # a proxy whose engine is down
             raise _unreachable(self.connection, _StatusError(reply))
-        if reply.status >= 400:
+        if not 200 <= reply.status < 300:
             raise EngineError(operation, reply.status, f"bad answer from the engine: {_status_text(reply)}")
         try:
             answer = reply.json()
@@ -595,7 +595,12 @@ class DockerEngine:
                 except EngineNotFound:
                     current = ""
                     break
-                current = convert.as_str(inspect.get("Parent")) if isinstance(inspect, dict) else ""
+                if not isinstance(inspect, dict):
+                    # Only a 404 means "no ancestor": read as one, a child that stays would lose
+                    # the link that keeps its base.
+                    raise EngineError(f"inspect image {current}", None, "bad answer from the engine: expected an "
+                                      f"object, got {type(inspect).__name__}")
+                current = convert.as_str(inspect.get("Parent"))
             for hidden in chain:
                 nearest[hidden] = current
             return current
