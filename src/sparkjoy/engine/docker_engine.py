@@ -114,7 +114,8 @@ def _plain_cause(base_url: str, error: BaseException) -> str:
 
 
 class DockerEngine:
-    """A Docker-compatible engine reached through the SDK's ``APIClient``."""
+    """A Docker-compatible engine reached over its REST API (``transport``: http.client on a unix
+    socket, the SDK's session for other addresses)."""
 
     def __init__(
         self,
@@ -140,30 +141,27 @@ class DockerEngine:
         self._snapshot_engine_time: int | None = None
         self._engine_identity = ""
         self._timeout = timeout
-        self._sdk_api: Any = None
         self._version_answer: Any = None  # GET /version as negotiated, for the first snapshot
         if connection.base_url.startswith("unix://"):
             self._transport: UnixTransport | SdkTransport = UnixTransport(
                 connection.base_url.removeprefix("unix://"), timeout)
         else:
-            self._transport = SdkTransport(self._sdk())
+            sdk_api = self._sdk_client(MINIMUM_API_VERSION)
+            self._transport = SdkTransport(sdk_api)
         self.api_version = self._negotiate(api_version)
         self._prefix = f"/v{self.api_version}"
-        if self._sdk_api is not None:
-            self._sdk_api._version = self.api_version  # what the SDK's own "auto" sets
+        if isinstance(self._transport, SdkTransport):
+            sdk_api._version = self.api_version  # what the SDK's own "auto" sets
 
-    def _sdk(self) -> Any:
-        """The Docker SDK's client for this engine (tcp://, ssh://, npipe://, and the daemon's
-        event stream), made on first use."""
-        if self._sdk_api is None:
-            try:
-                from . import sdk
+    def _sdk_client(self, api_version: str) -> Any:
+        """A new Docker SDK client for this engine's address (tcp://, ssh://, npipe://, and the
+        daemon's event stream), speaking ``api_version``: no request made."""
+        from . import sdk
 
-                self._sdk_api = sdk.client(self.connection.base_url, self.connection.tls, self._timeout,
-                                           getattr(self, "api_version", None) or MINIMUM_API_VERSION)
-            except Exception as error:  # the SDK's and ssh's own errors: the address cannot be reached
-                raise _unreachable(self.connection, error) from error
-        return self._sdk_api
+        try:
+            return sdk.client(self.connection.base_url, self.connection.tls, self._timeout, api_version)
+        except Exception as error:  # the SDK's and ssh's own errors: the address cannot be reached
+            raise _unreachable(self.connection, error) from error
 
     def _negotiate(self, api_version: str) -> str:
         """The API version to speak: the engine's own (``GET /version``, as the SDK's "auto"
@@ -201,12 +199,7 @@ class DockerEngine:
         """A Docker SDK client of its own for a long-lived stream (the daemon's events, which
         block in a read for as long as they last), on this engine's address and API version:
         no request made."""
-        from . import sdk
-
-        try:
-            return sdk.client(self.connection.base_url, self.connection.tls, self._timeout, self.api_version)
-        except Exception as error:  # the SDK's and ssh's own errors: the address cannot be reached
-            raise _unreachable(self.connection, error) from error
+        return self._sdk_client(self.api_version)
 
     def read(self, operation: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET ``path`` (after the version prefix: ``/images/json``) and return its JSON, with

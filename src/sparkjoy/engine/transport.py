@@ -49,7 +49,6 @@ class BadAnswer(TransportError):
 class Reply:
     status: int
     body: bytes
-    content_type: str = ""
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is none."""
@@ -122,11 +121,15 @@ class UnixTransport:
         target = path + query_of(params)
         headers = {"Content-Length": "0"} if method in ("POST", "DELETE") else {}
         wait = self.timeout if timeout is None else timeout
+
+        def ask(on: UnixConnection) -> http.client.HTTPResponse:
+            on.sock.settimeout(wait)
+            on.request(method, target, headers=headers)
+            return on.getresponse()
+
         try:
             try:
-                connection.sock.settimeout(wait)
-                connection.request(method, target, headers=headers)
-                response = connection.getresponse()
+                response = ask(connection)
             except (ConnectionError, http.client.RemoteDisconnected):
                 if not reused or method != "GET":
                     raise
@@ -135,9 +138,7 @@ class UnixTransport:
                 # change never is, as the engine may have taken it.
                 connection.close()
                 connection = self._new()
-                connection.sock.settimeout(wait)
-                connection.request(method, target, headers=headers)
-                response = connection.getresponse()
+                response = ask(connection)
         except socket.timeout as error:
             connection.close()
             raise TimedOut(f"{method} {path}: no answer within the timeout") from error
@@ -167,7 +168,7 @@ class UnixTransport:
             connection.close()
         else:
             self._give_back(connection)
-        return Reply(response.status, body, response.getheader("Content-Type") or "")
+        return Reply(response.status, body)
 
     def close(self) -> None:
         with self._lock:
@@ -238,7 +239,7 @@ class SdkTransport:
             raise Unreachable(f"{method} {path}: {error}") from error
         except requests.exceptions.RequestException as error:
             raise BadAnswer(f"{method} {path}: {error}") from error
-        return Reply(response.status_code, response.content, response.headers.get("Content-Type") or "")
+        return Reply(response.status_code, response.content)
 
     def close(self) -> None:
         self.api.close()
