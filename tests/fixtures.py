@@ -39,6 +39,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -290,6 +291,48 @@ def start_build(
         popen = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT)
     return RunningBuild(popen, workdir)
+
+
+class StepGate:
+    """A build step that waits until the test opens it: no guessed sleep decides the test.
+
+    `gate.run_step()` is a Dockerfile RUN line that loops until a file appears at the root of
+    the step's own filesystem (for at most `limit` seconds, so a failed test never leaves a
+    build behind). The test, root on the engine's host, finds the step's shell by its unique
+    marker in /proc and creates that file through /proc/<pid>/root: this works for BuildKit
+    and classic steps alike, as neither can see the test's files.
+    """
+
+    def __init__(self) -> None:
+        self.marker = f"sparkjoy-gate-{uuid.uuid4().hex[:12]}"
+
+    def run_step(self, limit: int = 300) -> str:
+        return (f'RUN i=0; while [ ! -e /{self.marker} ] && [ $i -lt {limit * 10} ]; '
+                f'do sleep 0.1; i=$((i+1)); done; test -e /{self.marker}\n')
+
+    def _pids(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if self.marker.encode() in cmdline and b"while" in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def waiting(self) -> bool:
+        """True once the step runs and waits at the gate."""
+        return bool(self._pids())
+
+    def open(self) -> None:
+        pids = self._pids()
+        if not pids:
+            raise FixtureError(f"no build step waits at gate {self.marker}")
+        for pid in pids:
+            (Path(f"/proc/{pid}/root") / self.marker).touch()
 
 
 def build(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from sparkjoy.daemon import Client
+from sparkjoy.daemon.events import EventInterpreter, observe
+from sparkjoy.policy import Policy
 from tests.daemon.support import RunningDaemon
-from tests.fixtures import BUSYBOX_BASE, start_build, wait_until
+from tests.fixtures import BUSYBOX_BASE, StepGate, build, start_build, wait_until
 
 SPARKJOY = str(Path(sys.executable).with_name("sparkjoy"))
 
@@ -19,9 +22,12 @@ SPARKJOY = str(Path(sys.executable).with_name("sparkjoy"))
 @pytest.mark.parametrize("buildkit", [True, False], ids=["BuildKit", "classic"])
 def test_a_prune_asked_for_during_a_build_waits_until_the_build_finishes(clean_engine, tmp_path, buildkit) -> None:
     engine = clean_engine
+    gate = StepGate()
     with RunningDaemon(engine, tmp_path) as daemon:
-        with start_build(engine, BUSYBOX_BASE + "RUN sleep 6 && echo done > /proof\n", "slow:1",
+        with start_build(engine, BUSYBOX_BASE + gate.run_step() + "RUN echo done > /proof\n", "slow:1",
                          buildkit=buildkit) as running:
+            wait_until(lambda: gate.waiting() or not running.running, timeout=120, what="the build's gated step")
+            assert running.running, f"the build ended before its gated step:\n{running.output()}"
             # The engine shows a build once it runs a step: in-use cache records, or a step container.
             with closing(engine.client()) as client:
                 def build_visible() -> bool:
@@ -29,17 +35,57 @@ def test_a_prune_asked_for_during_a_build_waits_until_the_build_finishes(clean_e
                         return any(r["InUse"] for r in client.df()["BuildCache"] or [])
                     return bool(daemon.supervisor.interpreter.classic_build_containers)
 
-                wait_until(lambda: build_visible() or not running.running, timeout=60, what="the build's first step")
+                wait_until(build_visible, timeout=60, what="the engine to show the build")
             daemon.supervisor.request_prune()
-            daemon.wait_for(lambda: "waiting for" in daemon.supervisor.last_decision or not running.running,
+            daemon.wait_for(lambda: "waiting for" in daemon.supervisor.last_decision,
                             "the daemon to hold the prune back")
-            assert running.running, "the build ended before the daemon saw it: the test proves nothing"
             assert daemon.supervisor.prunes == []
             assert ("BuildKit" if buildkit else "classic build") in daemon.supervisor.last_decision
+            assert running.running
+            gate.open()
             running.wait()
         summary = daemon.wait_for(lambda: daemon.supervisor.prunes, "the prune after the build")[0]
 
     assert summary.trigger == "request"
+
+
+class _NoAnswers:
+    """A resolver for a replay: the build's containers are gone by then."""
+
+    def image_of_container(self, container_id):
+        return None
+
+    def image_id(self, ref):
+        return None
+
+    def image(self, image_id):
+        return None
+
+
+def test_a_classic_build_is_in_progress_from_its_first_step_until_its_tag_between_steps_too(engine) -> None:
+    """The engine's own events of a classic build, replayed: no moment between two steps
+    (no step container exists) reads as "no build", where a prune could remove the image
+    the next step starts from."""
+    started = time.time()  # the engine runs on this host: one clock
+    fresh = time.time_ns()  # no step after the COPY is cached: each RUN gets its container
+    build(engine, BUSYBOX_BASE + f"COPY busybox /copied-{fresh}\nRUN echo one > /one\nRUN echo two > /two\n",
+          "gapless:1", buildkit=False)
+    with closing(engine.client()) as client:
+        events = list(client.events(since=started, until=time.time() + 1, decode=True))
+    observations = [o for o in (observe(e) for e in events) if o is not None]
+    steps = [o for o in observations if o.action == "container:create"]
+    assert len(steps) >= 2, f"expected a container per RUN step, the engine showed {len(steps)}"
+
+    clock_at = [0.0]
+    interpreter = EventInterpreter(_NoAnswers(), Policy(), lambda: clock_at[0])
+    first = observations.index(steps[0])
+    tag = next(i for i, o in enumerate(observations) if o.action == "image:tag")
+    for index, observation in enumerate(observations[:tag]):
+        interpreter.learn([observation])
+        if index >= first:
+            assert interpreter.classic_build_in_progress(), f"no build in progress after {observation.action}"
+    interpreter.learn([observations[tag]])
+    assert not interpreter.classic_build_in_progress(), "the build's tag ends it"
 
 
 def test_sparkjoy_build_holds_prunes_back_while_its_command_runs_and_exits_with_its_code(clean_engine, tmp_path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sparkjoy import config
-from sparkjoy.daemon.events import EventInterpreter, observe, since_parameter
+from sparkjoy.daemon.events import (CLASSIC_COMMIT_LIMIT_SECONDS, CLASSIC_STEP_GAP_SECONDS, EventInterpreter, observe,
+                                    since_parameter)
 from sparkjoy.daemon.settings import DaemonSettings, Watermark
 from sparkjoy.errors import ConfigError
 from sparkjoy.model import Image
@@ -129,14 +130,76 @@ def test_a_tag_of_an_image_in_scope_counts_one_build_however_many_tags_it_gets()
     assert learned.builds == 1 and learned.build_finished
 
 
-def test_a_classic_build_step_container_is_a_build_in_progress_until_it_goes() -> None:
-    interpreter = EventInterpreter(FakeResolver(), Policy())
-    interpreter.learn([observe(event("container", "create", "step", T, image="sha256:layer")),
-                       observe(event("container", "attach", "step", T + 1, image="sha256:layer"))])
-    assert interpreter.classic_build_containers == {"step"}
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-    interpreter.learn([observe(event("container", "destroy", "step", T + 2, image="sha256:layer"))])
+    def __call__(self) -> float:
+        return self.now
+
+
+def _step(interpreter, container, nanos, *actions):
+    interpreter.learn([observe(event("container", action, container, nanos + i, image="sha256:layer"))
+                       for i, action in enumerate(actions)])
+
+
+def test_a_classic_build_step_container_is_a_build_in_progress_until_it_goes() -> None:
+    clock = FakeClock()
+    interpreter = EventInterpreter(FakeResolver(), Policy(), clock)
+    _step(interpreter, "step", T, "create", "attach", "start")
+    assert interpreter.classic_build_containers == {"step"}
+    assert interpreter.classic_build_in_progress()
+
+    _step(interpreter, "step", T + 10, "die")
+    clock.now += 60  # a big layer's commit
+    assert interpreter.classic_build_in_progress(), "a step being committed is part of the build"
+
+    _step(interpreter, "step", T + 20, "destroy")
     assert interpreter.classic_build_containers == set()
+    clock.now += CLASSIC_STEP_GAP_SECONDS - 0.5
+    assert interpreter.classic_build_in_progress(), "between two steps the build is not done"
+    clock.now += 1
+    assert not interpreter.classic_build_in_progress()
+
+
+def test_between_two_classic_steps_the_next_step_or_the_tag_takes_over_from_the_gap() -> None:
+    clock = FakeClock()
+    interpreter = EventInterpreter(FakeResolver(), Policy(), clock)
+    _step(interpreter, "copy", T, "create")
+    assert interpreter.classic_build_in_progress(), "a step container created, not yet attached"
+    _step(interpreter, "copy", T + 5, "destroy")  # a step that never ran a command
+    assert interpreter.classic_build_in_progress()
+    _step(interpreter, "run", T + 10, "create", "attach", "start", "die", "destroy")
+    assert interpreter.classic_build_in_progress()
+
+    interpreter.learn([observe(event("image", "tag", "sha256:app", T + 20, name="app:1"))])
+    assert not interpreter.classic_build_in_progress(), "the build's tag ends it"
+
+
+def test_a_failed_classic_step_whose_container_is_kept_holds_back_for_a_bounded_time() -> None:
+    clock = FakeClock()
+    interpreter = EventInterpreter(FakeResolver(), Policy(), clock)
+    _step(interpreter, "failed", T, "create", "attach", "start", "die")  # never destroyed
+    clock.now += CLASSIC_COMMIT_LIMIT_SECONDS - 1
+    assert interpreter.classic_build_in_progress()
+    clock.now += 2
+    assert not interpreter.classic_build_in_progress()
+
+
+def test_a_container_run_by_image_id_without_attaching_is_no_build() -> None:
+    interpreter = EventInterpreter(FakeResolver(), Policy(), FakeClock())
+    _step(interpreter, "detached", T, "create", "start")
+    assert not interpreter.classic_build_in_progress()
+    _step(interpreter, "detached", T + 10, "die", "destroy")
+    assert not interpreter.classic_build_in_progress()
+
+
+def test_a_reconnect_forgets_classic_steps_in_progress() -> None:
+    interpreter = EventInterpreter(FakeResolver(), Policy(), FakeClock())
+    _step(interpreter, "a", T, "create", "attach", "die")
+    _step(interpreter, "b", T + 10, "create", "destroy")
+    interpreter.forget_builds_in_progress()
+    assert not interpreter.classic_build_in_progress()
 
 
 def test_events_resume_just_after_the_last_one_read() -> None:

@@ -17,7 +17,12 @@ What counts as a use: a container created, started, restarted, stopped, dying or
 as a build: an image of the scope tagged, as the engine itself reports it, whatever tool
 ran the build (several tags of one image within a few seconds are one build). A classic
 (non-BuildKit) build is in progress while a step container exists: the classic builder
-creates each step's container from an image ID and attaches to it.
+creates each step's container from an image ID and attaches to it (a container created that
+way counts from its creation until it starts unattached). It stays in progress while a
+step that ended is committed (from its container's death until the container is
+removed, at most CLASSIC_COMMIT_LIMIT_SECONDS: a failed step's container is kept), and for
+CLASSIC_STEP_GAP_SECONDS after, until the next step's container appears or the build's
+image is tagged: between two steps no container exists, yet the build is not done.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +44,10 @@ log = logging.getLogger("sparkjoy.daemon.events")
 
 CONTAINER_USE_ACTIONS = frozenset({"create", "start", "restart", "stop", "die", "destroy", "unpause"})
 IMAGE_USE_ACTIONS = frozenset({"tag", "load", "import", "pull"})
+# A classic build between two steps: the step that ended is committed, then the next
+# step's container is created. Both are quick, but a big layer's commit takes a while.
+CLASSIC_STEP_GAP_SECONDS = 5.0
+CLASSIC_COMMIT_LIMIT_SECONDS = 120.0
 # Several tags of one image within this many seconds are one build (`docker build -t a -t b`).
 BUILD_DEDUP_SECONDS = 10.0
 
@@ -120,13 +130,30 @@ class Learned:
 class EventInterpreter:
     """Turns observations into image IDs and build counts; tracks classic builds in progress."""
 
-    def __init__(self, resolver: Resolver, policy: Policy):
+    def __init__(self, resolver: Resolver, policy: Policy, clock: Callable[[], float] = time.monotonic):
         self.resolver = resolver
         self.policy = policy
+        self._clock = clock
         self._container_images: OrderedDict[str, str] = OrderedDict()
         self._last_build: tuple[str, float] | None = None
-        self._classic_candidates: set[str] = set()
-        self.classic_build_containers: set[str] = set()
+        # Containers created from an image ID, not yet attached or started -> give up at.
+        self._classic_created: dict[str, float] = {}
+        self.classic_build_containers: set[str] = set()  # step containers running
+        self._classic_committing: dict[str, float] = {}  # step container that died -> give up at
+        self._classic_gap_until: float | None = None
+
+    def classic_build_in_progress(self) -> bool:
+        """True while a classic build's step runs, is committed, or the next one may follow."""
+        if self.classic_build_containers:
+            return True
+        now = self._clock()
+        for waiting in (self._classic_created, self._classic_committing):
+            for container, limit in list(waiting.items()):
+                if now >= limit:
+                    del waiting[container]
+        if self._classic_created or self._classic_committing:
+            return True
+        return self._classic_gap_until is not None and now < self._classic_gap_until
 
     def learn(self, observations: list[Observation]) -> Learned:
         learned = Learned(uses={})
@@ -156,6 +183,8 @@ class EventInterpreter:
         if not image_id:
             return
         _latest(learned.uses, image_id, when)
+        if observation.action == "image:tag":
+            self._classic_gap_until = None  # a classic build tags its image when it is done
         if observation.action == "image:tag" and self._is_new_build(image_id, observation.nanos):
             image = self.resolver.image(image_id)
             if image is not None and self.policy.image_in_scope(image) is None:
@@ -188,17 +217,31 @@ class EventInterpreter:
         # and removes it when the step is done.
         container = observation.container
         if action == "create" and observation.ref.startswith("sha256:"):
-            self._classic_candidates.add(container)
-        elif action == "attach" and container in self._classic_candidates:
+            self._classic_created[container] = self._clock() + CLASSIC_COMMIT_LIMIT_SECONDS
+            self._classic_gap_until = None
+        elif action == "attach" and container in self._classic_created:
+            del self._classic_created[container]
             self.classic_build_containers.add(container)
-        elif action in ("die", "destroy"):
-            self._classic_candidates.discard(container)
+        elif action == "start":
+            self._classic_created.pop(container, None)  # started unattached: a `docker run -d`
+        elif action == "die" and container in self.classic_build_containers:
             self.classic_build_containers.discard(container)
+            self._classic_committing[container] = self._clock() + CLASSIC_COMMIT_LIMIT_SECONDS
+        elif action == "destroy":
+            was_step = container in self.classic_build_containers or container in self._classic_committing \
+                or container in self._classic_created
+            self.classic_build_containers.discard(container)
+            self._classic_committing.pop(container, None)
+            self._classic_created.pop(container, None)
+            if was_step:
+                self._classic_gap_until = self._clock() + CLASSIC_STEP_GAP_SECONDS
 
     def forget_builds_in_progress(self) -> None:
         """After a reconnect nothing is known about containers of before: start afresh."""
-        self._classic_candidates.clear()
+        self._classic_created.clear()
         self.classic_build_containers.clear()
+        self._classic_committing.clear()
+        self._classic_gap_until = None
 
 
 def _latest(uses: dict[str, datetime], image_id: str, when: datetime) -> None:

@@ -477,10 +477,9 @@ class Supervisor:
         if self.announced_builds:
             count += len(self.announced_builds)
             parts.append(f"{len(self.announced_builds)} announced")
-        classic = len(self.interpreter.classic_build_containers) if self.interpreter else 0
-        if classic:
+        if self.interpreter is not None and self.interpreter.classic_build_in_progress():
             count += 1
-            parts.append("a classic build's step container")
+            parts.append("a classic build's steps")
         if self.engine_in_use_records:
             count += 1
             parts.append(f"{self.engine_in_use_records} build-cache record(s) in use (BuildKit)")
