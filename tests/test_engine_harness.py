@@ -10,6 +10,7 @@ import pytest
 
 from tests.engine import IsolatedEngine
 from tests.fixtures import (
+    StepGate,
     BUSYBOX_BASE,
     FixtureError,
     build,
@@ -129,11 +130,13 @@ def test_a_running_build_shows_in_use_cache_records_until_it_finishes(clean_engi
         def records_in_use() -> list[dict]:
             return [record for record in client.df()["BuildCache"] or [] if record["InUse"]]
 
-        with start_build(clean_engine, BUSYBOX_BASE + "RUN sleep 3 && echo done > /proof\n",
+        gate = StepGate()
+        with start_build(clean_engine, BUSYBOX_BASE + gate.run_step() + "RUN echo done > /proof\n",
                          "slow:1") as running:
-            wait_until(lambda: records_in_use() or not running.running,
+            wait_until(lambda: (gate.waiting() and records_in_use()) or not running.running,
                        timeout=60, what="a build-cache record in use")
             assert running.running, running.output()
+            gate.open()
             image_id = running.wait()
 
         assert records_in_use() == []

@@ -19,6 +19,7 @@ from sparkjoy.model import Kind
 from sparkjoy.planner import Decision
 
 from tests.fixtures import (
+    StepGate,
     BUSYBOX_BASE,
     build,
     busybox_layer,
@@ -449,11 +450,12 @@ def test_h_a_prune_with_build_cache_during_a_buildkit_build_neither_deletes_its_
     # cache of its own that the prune may take.
     earlier = build(engine, BUSYBOX_BASE + "RUN echo earlier > /earlier\n", "earlier:1")
 
-    with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo later > /later\n", "later:1",
+    gate = StepGate()
+    with start_build(engine, BUSYBOX_BASE + gate.run_step() + "RUN echo later > /later\n", "later:1",
                      files={"marker": b"later"}) as running:
         # Once the RUN step runs, the records it uses stay in use until it ends.
         in_use = wait_until(
-            lambda: "RUN sleep" in running.output() and {r["ID"] for r in build_cache(engine) if r.get("InUse")},
+            lambda: gate.waiting() and {r["ID"] for r in build_cache(engine) if r.get("InUse")},
             timeout=60, what="the build's RUN step to run with its cache records in use")
         as_of = utcnow() + timedelta(days=1)
         data = cli_prune(engine, "--max-age=-1s", "--keep-recent", "0", as_of=as_of)
@@ -467,5 +469,6 @@ def test_h_a_prune_with_build_cache_during_a_buildkit_build_neither_deletes_its_
         assert json_ids(data, kind="build-cache", result="deleted"), "the prune deleted no cache at all"
         assert json_object(data, earlier)["result"] == "deleted"
 
+        gate.open()
         later = running.wait(timeout=120)
     assert tags_of(engine, later) == {"later:1"}

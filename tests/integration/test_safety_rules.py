@@ -16,6 +16,7 @@ from sparkjoy.model import Kind
 from sparkjoy.planner import Decision
 
 from tests.fixtures import (
+    StepGate,
     BUSYBOX_BASE,
     build,
     busybox_layer,
@@ -330,9 +331,10 @@ def test_rule_5_records_a_build_starts_using_after_the_plan_are_refused_by_the_e
     planned_records = {o.id for o in the_plan.deletions if o.kind is Kind.BUILD_CACHE}
     assert planned_records
 
-    with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo second > /second\n", "second:1") as running:
+    gate = StepGate()
+    with start_build(engine, BUSYBOX_BASE + gate.run_step() + "RUN echo second > /second\n", "second:1") as running:
         now_in_use = wait_until(
-            lambda: "RUN sleep" in running.output()
+            lambda: gate.waiting()
             and planned_records & {r["ID"] for r in build_cache(engine) if r.get("InUse")},
             timeout=60, what="the build's RUN step to use records the plan wants to delete")
         result = execute(engine, the_plan)
@@ -342,14 +344,16 @@ def test_rule_5_records_a_build_starts_using_after_the_plan_are_refused_by_the_e
             assert outcome.outcome is Outcome.KEPT, outcome
             assert "in use by a build" in outcome.detail
         assert now_in_use <= {r["ID"] for r in build_cache(engine)}
+        gate.open()
         image_id = running.wait(timeout=120)
     assert tags_of(engine, image_id) == {"second:1"}
 
 
 def test_rule_5_a_plan_made_during_a_build_never_targets_its_records(clean_engine):
     engine = clean_engine
-    with start_build(engine, BUSYBOX_BASE + "RUN sleep 15 && echo x > /x\n", "x:1") as running:
-        wait_until(lambda: "RUN sleep" in running.output()
+    gate = StepGate()
+    with start_build(engine, BUSYBOX_BASE + gate.run_step() + "RUN echo x > /x\n", "x:1") as running:
+        wait_until(lambda: gate.waiting()
                    and {r["ID"] for r in build_cache(engine) if r.get("InUse")},
                    timeout=60, what="the build's RUN step to run with its cache records in use")
         the_plan = make_plan(engine, policy(**OLD), now=utcnow() + timedelta(days=1))
@@ -361,6 +365,7 @@ def test_rule_5_a_plan_made_during_a_build_never_targets_its_records(clean_engin
         execute(engine, the_plan)
         assert running.running, "the build finished before the run: the test proves nothing"
         assert in_use <= {r["ID"] for r in build_cache(engine)}
+        gate.open()
         running.wait(timeout=120)
 
 
