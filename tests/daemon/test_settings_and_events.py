@@ -186,6 +186,14 @@ def test_a_failed_classic_step_whose_container_is_kept_holds_back_for_a_bounded_
     assert not interpreter.classic_build_in_progress()
 
 
+def test_a_container_created_from_an_image_id_and_never_attached_holds_back_briefly_at_most() -> None:
+    clock = FakeClock()
+    interpreter = EventInterpreter(FakeResolver(), Policy(), clock)
+    _step(interpreter, "created", T, "create")  # `docker create sha256:...`
+    clock.now += CLASSIC_STEP_GAP_SECONDS + 0.1
+    assert not interpreter.classic_build_in_progress()
+
+
 def test_a_container_run_by_image_id_without_attaching_is_no_build() -> None:
     interpreter = EventInterpreter(FakeResolver(), Policy(), FakeClock())
     _step(interpreter, "detached", T, "create", "start")

@@ -18,7 +18,8 @@ as a build: an image of the scope tagged, as the engine itself reports it, whate
 ran the build (several tags of one image within a few seconds are one build). A classic
 (non-BuildKit) build is in progress while a step container exists: the classic builder
 creates each step's container from an image ID and attaches to it (a container created that
-way counts from its creation until it starts unattached). It stays in progress while a
+way counts from its creation until it starts unattached, for at most
+CLASSIC_STEP_GAP_SECONDS unattached: a `docker create` of an image ID is no build). It stays in progress while a
 step that ended is committed (from its container's death until the container is
 removed, at most CLASSIC_COMMIT_LIMIT_SECONDS: a failed step's container is kept), and for
 CLASSIC_STEP_GAP_SECONDS after, until the next step's container appears or the build's
@@ -217,7 +218,8 @@ class EventInterpreter:
         # and removes it when the step is done.
         container = observation.container
         if action == "create" and observation.ref.startswith("sha256:"):
-            self._classic_created[container] = self._clock() + CLASSIC_COMMIT_LIMIT_SECONDS
+            # A build attaches at once; a `docker create` of an image ID never does.
+            self._classic_created[container] = self._clock() + CLASSIC_STEP_GAP_SECONDS
             self._classic_gap_until = None
         elif action == "attach" and container in self._classic_created:
             del self._classic_created[container]
