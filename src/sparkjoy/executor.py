@@ -42,6 +42,9 @@ class ObjectResult:
     outcome: Outcome
     detail: str = ""
     removed_tags: tuple[str, ...] = ()
+    # What went that the plan did not name: a tag added, or an image a moved tag named, in
+    # the instant between the re-check and the deletion (see Executor._untag_and_delete).
+    unplanned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,13 @@ class RunResult:
         return tuple(r for r in self.results if r.outcome.is_failure)
 
     @property
+    def unplanned(self) -> tuple[str, ...]:
+        """What this run removed beyond its plan (in a race no API call can close), if anything."""
+        return tuple(item for r in self.results for item in r.unplanned)
+
+    @property
     def ok(self) -> bool:
-        return not self.failures and not self.stopped_early and not (self.audit or ())
+        return not self.failures and not self.stopped_early and not (self.audit or ()) and not self.unplanned
 
     def count(self, kind: Kind, outcome: Outcome = Outcome.DELETED) -> int:
         return sum(1 for r in self.results if r.planned.kind is kind and r.outcome is outcome)
@@ -288,13 +296,15 @@ class Executor:
             return ObjectResult(
                 planned, Outcome.KEPT, f"changed since the plan: tagged again at {current.last_tag_time:%Y-%m-%d %H:%M:%S}"
             )
-        # A dangling image is deleted by ID, which the engine itself refuses (409, never forced)
-        # while any container uses it or a child image stands on it: its own check is atomic,
-        # so asking first would only cost a call. A tag, though, is removed even while a
-        # container uses the image (when it is not the last one), so tagged images are checked.
+        # An image's last tag goes with the image itself, deleted by ID: the engine refuses that
+        # (409, never forced) while any container uses the image, a child image stands on it,
+        # or it has another tag, and its check is atomic, so asking first would only cost a
+        # call. A dangling image is deleted the same way. The tags before the last are removed
+        # by name, which the engine does even while a container uses the image: an image with
+        # several tags is checked first.
         users = (
             [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
-            if current.repo_tags
+            if len(current.repo_tags) > 1
             else []
         )
         if users:
@@ -325,45 +335,73 @@ class Executor:
         return ObjectResult(planned, Outcome.FAILED, str(error))
 
     def _untag_and_delete(self, planned: PlannedObject, current: ImageState, tried: list[str]) -> ObjectResult:
+        """Remove the tags before the last by name, then delete the image by ID (and with it its
+        last tag).
+
+        By ID, not by its last tag's name: ``DELETE /images/x:1`` acts on whatever ``x:1`` names
+        when the engine gets it, so a tag moved to a new image since the re-check would lose
+        the new image its tag, and the new image itself when that was its only tag. By ID the
+        engine deletes the planned image or refuses; a tag added to it since the re-check makes
+        it refuse, unless the image had no tag left. No API call guards that, nor a tag before
+        the last that moved since the re-check: the engine's answer then shows it, and the
+        result names what went beyond the plan (``unplanned``).
+        """
         removed: list[str] = []
-        for tag in current.repo_tags:
+        unplanned: list[str] = []
+        *by_name, last = current.repo_tags or ("",)
+        for tag in by_name:
             tried.append(tag)
             try:
                 answer = self.engine.untag(tag)
             except EngineNotFound:
                 continue  # the tag went since the re-check; the image itself is checked below
             except EngineConflict as error:
-                return self._refused(planned, removed, error)
+                return self._refused(planned, removed, error, unplanned)
             if not _untagged(answer, tag) and not _deleted(answer, planned.id):
                 # An answer that names neither the tag nor the image (a proxy's, say): look.
                 now = self.engine.image_state(planned.id)
                 if now is not None and tag in now.repo_tags:
                     outcome = Outcome.PARTIAL if removed else Outcome.FAILED
                     return ObjectResult(planned, outcome, f"the engine answered the untag of {tag} without "
-                                        "untagging it", removed_tags=tuple(removed))
+                                        "untagging it", tuple(removed), tuple(unplanned))
             removed.append(tag)
-            if _deleted(answer, planned.id):
-                return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+            if _deleted(answer, planned.id):  # its other tags went since the re-check
+                return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
+            # The image keeps its last tag, so this untag deleted no layer of it: anything the
+            # answer deleted is another image's, one the tag had moved to since the re-check.
+            stray = _deleted_ids(answer)
+            if stray:
+                unplanned.append(f"image {short_id(stray[0])} (the untag of {tag} deleted it: the tag had "
+                                 "moved to it since the re-check)")
 
-        # Untagged everything: the image itself may still be there. A dangling image was seen
-        # a moment ago by the re-check, so it is deleted at once (a 404 then means it went).
-        if removed and self.engine.image_state(planned.id) is None:
-            return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+        if last:
+            tried.append(last)
         try:
             answer = self.engine.delete_image(planned.id)
         except EngineNotFound:
             if not removed:
-                return ObjectResult(planned, Outcome.GONE, "already deleted")
+                return ObjectResult(planned, Outcome.GONE, "already deleted", (), tuple(unplanned))
+            return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
         except EngineConflict as error:
-            return self._refused(planned, removed, error)
-        else:
-            # The engine names the image it deleted. An answer that does not (a proxy's, say)
-            # is checked: the image is deleted only if it is no longer there.
-            if not _deleted(answer, planned.id) and self.engine.image_state(planned.id) is not None:
-                outcome = Outcome.PARTIAL if removed else Outcome.FAILED
-                return ObjectResult(planned, outcome, "the engine answered the deletion without deleting: the "
-                                    "image is still there", removed_tags=tuple(removed))
-        return ObjectResult(planned, Outcome.DELETED, removed_tags=tuple(removed))
+            return self._refused(planned, removed, error, unplanned)
+        # The engine names the image it deleted. An answer that does not (a proxy's, say) is
+        # checked: the image is deleted only if it is no longer there.
+        if not _deleted(answer, planned.id) and self.engine.image_state(planned.id) is not None:
+            outcome = Outcome.PARTIAL if removed else Outcome.FAILED
+            return ObjectResult(planned, outcome, "the engine answered the deletion without deleting: the "
+                                "image is still there", tuple(removed), tuple(unplanned))
+        # The engine's answer names the tags that went with the image: its last one, unless
+        # that moved to another image since the re-check; any other was added to it in that
+        # instant. An answer that names nothing (a proxy's) tells nothing: the image is gone,
+        # and its last tag most likely with it.
+        untagged = _untagged_tags(answer)
+        for tag in untagged:
+            removed.append(tag if tag != last and not _untagged([{"Untagged": tag}], last) else last)
+            if removed[-1] != last:
+                unplanned.append(f"tag {tag} (added to the image since the re-check)")
+        if last and not untagged and not _deleted(answer, planned.id):
+            removed.append(last)
+        return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
 
     def _failed(self, planned: PlannedObject, error: EngineError) -> ObjectResult:
         """The engine answered with an error that is no refusal (a 500, an unreadable answer).
@@ -387,15 +425,17 @@ class Executor:
         return ObjectResult(planned, Outcome.FAILED, str(error))
 
     @staticmethod
-    def _refused(planned: PlannedObject, removed: list[str], error: EngineConflict) -> ObjectResult:
+    def _refused(planned: PlannedObject, removed: list[str], error: EngineConflict,
+                 unplanned: list[str] | None = None) -> ObjectResult:
         if removed:
             return ObjectResult(
                 planned,
                 Outcome.PARTIAL,
                 f"removed tags {', '.join(removed)}, then the engine refused: {error.message}",
                 tuple(removed),
+                tuple(unplanned or ()),
             )
-        return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}")
+        return ObjectResult(planned, Outcome.KEPT, f"engine refused: {error.message}", (), tuple(unplanned or ()))
 
     def _build_cache(self, planned: PlannedObject) -> ObjectResult:
         for attempt in range(BUSY_RETRIES + 1):
@@ -467,3 +507,15 @@ def _untagged(answer: list[dict], tag: str) -> bool:
 
 def _deleted(answer: list[dict], image_id: str) -> bool:
     return any(isinstance(entry, dict) and entry.get("Deleted") == image_id for entry in answer or [])
+
+
+def _deleted_ids(answer: list[dict]) -> list[str]:
+    """What the engine's deletion answer names as deleted: images, then their layers."""
+    return [entry["Deleted"] for entry in answer or []
+            if isinstance(entry, dict) and isinstance(entry.get("Deleted"), str)]
+
+
+def _untagged_tags(answer: list[dict]) -> list[str]:
+    """The tags the engine's deletion answer names as removed."""
+    return [entry["Untagged"] for entry in answer or []
+            if isinstance(entry, dict) and isinstance(entry.get("Untagged"), str)]

@@ -261,6 +261,8 @@ def result_json(result: RunResult) -> dict[str, Any]:
             entry["result"] = outcome.outcome.value
             entry["detail"] = outcome.detail
             entry["removed_tags"] = list(outcome.removed_tags)
+            if outcome.unplanned:
+                entry["unplanned"] = list(outcome.unplanned)
         else:
             entry["result"] = "kept"
         objects.append(entry)
@@ -276,6 +278,8 @@ def result_json(result: RunResult) -> dict[str, Any]:
     }
     if result.stopped_early:
         data["stopped_early"] = result.stopped_early
+    if result.unplanned:
+        data["unplanned"] = list(result.unplanned)
     if result.audit is not None:
         data["audit"] = [{"kind": f.kind.value, "id": f.id, "problem": f.problem} for f in result.audit]
     return data
@@ -350,6 +354,10 @@ def render_result(result: RunResult, verbose: bool = False) -> str:
         out.append(f"FAILED: {len(result.failures)} object(s); see RESULT above.")
     if result.stopped_early:
         out.append(f"Stopped early: {printable(result.stopped_early)}")
+    if result.unplanned:
+        out.append("WARNING: removed beyond the plan, changed by someone else in the instant between the "
+                   "re-check and the deletion:")
+        out.extend(f"  {printable(item)}" for item in result.unplanned)
     if result.audit:
         out.append("AUDIT FAILED: objects the plan kept are missing:")
         out.extend(f"  {f.kind.value} {printable(f.id)}: {printable(f.problem)}" for f in result.audit)

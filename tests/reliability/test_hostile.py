@@ -165,10 +165,13 @@ CASES = [
     Case("a running container reported without its image still pins it",
          lambda w: [_df(each("Containers", lambda c: c.update(ImageID=None, Image=None)))],
          may_delete=lambda w: set(w.deletable_images) | set(w.stopped_containers) | set(w.volumes)),
-    Case("a garbled container list in the re-check keeps the images",
+    # Only an image with several tags is re-checked for containers (its first tag goes by
+    # name, which the engine does even while a container uses it); one with a single tag is
+    # deleted by ID, which the engine itself refuses while a container uses it.
+    Case("a garbled container list in the re-check keeps the images it is asked for",
          lambda w: [Rule("GET", r"^/containers/json$", rewrite_json(lambda d: {"not": "a list"}))],
          exit_codes=(ExitCode.FAILED,),
-         may_delete=lambda w: set(w.stopped_containers) | set(w.volumes)),
+         may_delete=lambda w: set(w.stopped_containers) | set(w.volumes) | set(w.deletable_images[:-1])),
     Case("a running container reported as exited long ago is refused by the engine",
          lambda w: [_df(each("Containers", lambda c: c.update(State="exited"))),
                     Rule("GET", CONTAINER_INSPECT, rewrite_json(

@@ -74,9 +74,16 @@ def test_builds_beside_prunes_always_succeed_and_lose_nothing_made_after_the_sna
         assert not any(r.outcome is Outcome.FAILED for r in result.results), result.results
 
 
-def test_a_container_made_between_plan_and_delete_keeps_its_image(clean_engine, count):
+@pytest.mark.parametrize("tags", [["race/used:1"], ["race/used:1", "race/used:2"]], ids=["one tag", "two tags"])
+def test_a_container_made_between_plan_and_delete_keeps_its_image(clean_engine, count, tags):
+    """Two tags: the re-check sees the container (the first tag would go by name, which the
+    engine does even while a container uses the image). One tag: the image is deleted by ID,
+    which the engine itself refuses while a container uses it."""
     engine = clean_engine
-    image = fixtures.busybox_image(engine, "race/used:1")
+    image = fixtures.busybox_image(engine, tags[0])
+    with closing(engine.client()) as client:
+        for extra in tags[1:]:
+            client.api.tag(image, *extra.split(":"))
     sparkjoy = adapter(engine.host)
     snapshot = sparkjoy.snapshot()
     the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
@@ -87,17 +94,22 @@ def test_a_container_made_between_plan_and_delete_keeps_its_image(clean_engine, 
 
     [outcome] = [r for r in result.results if r.planned.id == image]
     count(race_rounds=1, objects_checked=2, objects_lost=int(image not in inventory(engine).images))
-    assert outcome.outcome is Outcome.KEPT
-    assert "now used by container" in outcome.detail
+    assert outcome.outcome is Outcome.KEPT, outcome
+    if len(tags) > 1:
+        assert "now used by container" in outcome.detail
+    else:
+        assert "engine refused" in outcome.detail and container[:12] in outcome.detail
     assert image in inventory(engine).images and container in inventory(engine).containers
+    assert set(inventory(engine).images[image]) == set(tags), "no tag went"
 
 
-def test_a_container_made_just_before_the_untag_keeps_the_image_by_the_engines_refusal(proxy, clean_engine, count):
+def test_a_container_made_just_before_the_deletion_keeps_the_image_by_the_engines_refusal(proxy, clean_engine,
+                                                                                          count):
     """Past sparkjoy's re-check, the engine's own 409 (never forced) is the last guard."""
     engine = clean_engine
     image = fixtures.busybox_image(engine, "race/late:1")
     made = []
-    proxy.add(Rule("DELETE", r"^/images/race/late:1$",
+    proxy.add(Rule("DELETE", rf"^/images/{image}$",
                    hook(lambda request: made.append(fixtures.run_container(engine, image, state="created")),
                         name="container made in the race window")))
 
@@ -223,3 +235,108 @@ def test_a_parent_whose_child_stays_keeps_its_tags(clean_engine, count):
     assert outcomes[child].outcome is Outcome.KEPT, outcomes[child]
     assert outcomes[parent].outcome is Outcome.KEPT and "a child image stays" in outcomes[parent].detail
     assert parent_tags == ["race/base:1"]
+
+
+# -- a tag that moves or appears in the instant between the re-check and the deletion ----------
+#
+# The engine has no "delete this tag if it names that image". An image's last tag therefore
+# goes with the image, deleted by ID: the engine then deletes the planned image or refuses.
+# What no call can guard (a tag before the last that moved, a tag put on a dangling image) is
+# reported as removed beyond the plan, and the run is not ok.
+
+
+def _race_run(proxy, engine, first_delete):
+    """Plan on the engine, then run through the proxy, calling `first_delete()` just before
+    the run's first image deletion (by name or by ID) reaches the engine."""
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
+    called = []
+    proxy.add(Rule("DELETE", r"^/images/", hook(lambda request: called.append(first_delete()),
+                                                 name="a tag changed in the race window"), nth=1))
+    result = Executor(adapter(proxy.host), audit=True, wait=lambda s: None).execute(the_plan)
+    assert called, "the hook never ran"
+    return the_plan, result
+
+
+def _tag(engine, image_id: str, tag: str) -> None:
+    with closing(engine.client()) as client:
+        client.api.tag(image_id, *tag.rsplit(":", 1))
+
+
+def test_a_last_tag_moved_to_a_new_image_after_the_recheck_leaves_the_new_image_whole(proxy, clean_engine, count):
+    engine = clean_engine
+    old = fixtures.import_image(engine, 1000, "race/moved:1")
+    newer = []
+
+    def move_the_tag():
+        newer.append(fixtures.import_image(engine, 1000, seed=7))  # made after the plan: dangling
+        _tag(engine, newer[0], "race/moved:1")
+
+    the_plan, result = _race_run(proxy, engine, move_the_tag)
+
+    images = inventory(engine).images
+    count(race_rounds=1, objects_checked=2, objects_lost=int(newer[0] not in images))
+    assert newer[0] in images and set(images[newer[0]]) == {"race/moved:1"}, "the new image lost its tag"
+    [outcome] = [r for r in result.results if r.planned.id == old]
+    assert outcome.outcome is Outcome.DELETED and old not in images, outcome
+    assert outcome.removed_tags == (), "the tag moved away; this run did not remove it"
+    assert result.unplanned == () and result.ok, result
+
+
+def test_a_tag_added_to_a_single_tag_image_after_the_recheck_makes_the_engine_refuse(proxy, clean_engine, count):
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, "race/one:1")
+
+    the_plan, result = _race_run(proxy, engine, lambda: _tag(engine, image, "race/one:2"))
+
+    images = inventory(engine).images
+    count(race_rounds=1, objects_checked=1, objects_lost=int(image not in images))
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.KEPT and "engine refused" in outcome.detail, outcome
+    assert set(images[image]) == {"race/one:1", "race/one:2"}
+
+
+def test_a_tag_put_on_a_dangling_image_after_the_recheck_is_reported_as_removed_beyond_the_plan(
+        proxy, clean_engine, count):
+    """No call guards this one: the engine deletes a dangling image by ID, and a single tag
+    given to it in that instant with it. The run says so and is not ok."""
+    engine = clean_engine
+    # Tagged once, so it has a last-tag time; then its tag moved to an image the policy keeps.
+    image = fixtures.import_image(engine, 1000, "race/was:1")
+    keeper = fixtures.import_image(engine, 1000, "keep/b:1", seed=9)
+    _tag(engine, keeper, "race/was:1")
+    with closing(engine.client()) as client:
+        client.api.remove_image("race/was:1")
+    assert not inventory(engine).images[image], "dangling"
+
+    the_plan, result = _race_run(proxy, engine, lambda: _tag(engine, image, "race/late:1"))
+
+    count(race_rounds=1, objects_checked=1, objects_lost=0)
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert outcome.removed_tags == ("race/late:1",)
+    assert result.unplanned and "race/late:1" in result.unplanned[0] and not result.ok, result
+
+
+def test_a_first_tag_moved_to_a_new_image_after_the_recheck_is_reported_when_the_engine_deletes_that_image(
+        proxy, clean_engine, count):
+    """The tags before an image's last are removed by name: one moved in that instant acts
+    on the image it names now. The engine's answer shows the other image deleted, and the
+    run reports it (the window no API call closes)."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, ["race/two:a", "race/two:b"])
+    newer = []
+
+    def move_the_first_tag():
+        newer.append(fixtures.import_image(engine, 1000, seed=8))
+        _tag(engine, newer[0], "race/two:a")
+
+    the_plan, result = _race_run(proxy, engine, move_the_first_tag)
+
+    count(race_rounds=1, objects_checked=2, objects_lost=0)
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert not result.ok and len(result.unplanned) == 1, result
+    assert newer[0].removeprefix("sha256:")[:12] in result.unplanned[0]
+    assert newer[0] not in inventory(engine).images

@@ -707,7 +707,7 @@ class Supervisor:
             reclaimed_bytes=result.reclaimed_bytes,
             predicted_bytes=sum(r.planned.bytes for r in result.results if r.outcome is Outcome.DELETED),
             failures=len([r for r in result.results if r.outcome in (Outcome.FAILED, Outcome.PARTIAL)])
-            + len(result.audit or ()),
+            + len(result.audit or ()) + len(result.unplanned),
             stopped_early=result.stopped_early, note=note, result=result,
         )
         self.prunes.append(summary)
@@ -717,6 +717,9 @@ class Supervisor:
                         failure.detail)
         for finding in result.audit or ():
             log.error("audit: %s %s: %s", finding.kind.value, finding.id, finding.problem)
+        for item in result.unplanned:
+            log.error("removed beyond the plan, changed by someone else in the instant between the re-check "
+                      "and the deletion: %s", item)
         try:
             self.metrics.record_run(result, trigger=trigger.value, duration_seconds=duration, finished_at=time.time())
         except Exception as error:
