@@ -160,6 +160,7 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None, real_p
     inspected again and the plan made anew. Both caches are best effort: a database that cannot
     be used costs only the calls it would save, and says so only when there was a database to use."""
     engine = DockerEngine.connect(settings.host, timeout=settings.timeout, remember_inspects=True)
+    engine.begin_snapshot()  # the engine's slowest answer, asked for while the state is read
     path = _state_path(settings)
     existed = path.is_file()
     remembered = state.State.open(path, engine.host, quiet=not existed)

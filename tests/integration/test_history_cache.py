@@ -83,3 +83,41 @@ def test_layers_told_from_other_images_histories_are_the_ones_each_images_own_hi
             assert own, f"{image_id}: its own history lines up with its layers"
             assert layers[image_id] == own, image_id
     assert asked < len(layers), f"{asked} histories for {len(layers)} images: none was told from the others"
+
+
+def test_layers_told_once_are_kept_with_the_remembered_inspects_and_need_no_history_again(clean_engine):
+    """An image ID's layers never change: told once (from a history, or from the others'),
+    they are kept with its remembered inspect (``convert.TOLD_LAYERS``), and a later snapshot
+    takes them without any history, even with no history cache. A kept entry that does not
+    read as layers is ignored and the layers told again."""
+    base = [make_layer(2 * MB, seed=91)]
+    on_base = [import_image(clean_engine, (i + 1) * 100_000, f"kept/one:{i}", base=base, seed=92 + i)
+               for i in range(3)]
+    own_two = load_image(clean_engine, [*base, make_layer(MB, seed=96), make_layer(10, seed=97)], "kept/two:1")
+
+    with counting_proxy(clean_engine, "GET", r"^/images/.+/history$", "history") as (_, history, through):
+        first_engine = DockerEngine.connect(host=through.host, remember_inspects=True)
+        first_engine.know_inspects({}, None)  # as a first run does: nothing remembered yet
+        first = first_engine.snapshot()
+        inspects, mark = first_engine.remembered_inspects(first)
+        asked = history.matched
+        assert asked >= 1 and mark is not None
+        assert all(convert.told_layers(inspects[i]) for i in [*on_base, own_two]), "each image's layers are kept"
+
+        second_engine = DockerEngine.connect(host=through.host, remember_inspects=True)
+        second_engine.know_inspects(inspects, mark)  # and no histories: the told layers are enough
+        second = second_engine.snapshot()
+        assert history.matched == asked, "no history asked for again"
+
+        spoiled = dict(inspects)
+        spoiled[own_two] = {**inspects[own_two], convert.TOLD_LAYERS: [["sha256:x", -1]]}
+        third_engine = DockerEngine.connect(host=through.host, remember_inspects=True)
+        third_engine.know_inspects(spoiled, mark)
+        third = third_engine.snapshot()
+        assert history.matched == asked + 1, "the spoiled entry is told again, from its own history"
+
+    def layers(snapshot):
+        return {image.id: image.layers for image in snapshot.images}
+
+    assert layers(second) == layers(first) == layers(third)
+    assert all(layers(first)[i] for i in [*on_base, own_two])

@@ -492,3 +492,26 @@ def test_an_event_is_told_apart_in_the_buffer_by_its_time_kind_action_and_object
     assert event_anchor({"Type": "container", "Action": "die", "id": "c1", "timeNano": 9}) == "9 container die c1"
     for no_time in ({"Type": "image"}, {"timeNano": 0}, {"timeNano": True}, {"timeNano": "7"}, "garbage"):
         assert event_anchor(no_time) is None
+
+
+# -- layers told once, kept with a remembered inspect ----------------------------------------
+
+
+def test_layers_told_for_an_image_come_back_from_its_remembered_inspect() -> None:
+    from sparkjoy.engine.convert import told_layers, with_told_layers
+
+    inspect = {"Id": "sha256:" + "a" * 64, "RepoTags": ["x:1"]}
+    layers = (Layer("sha256:" + "1" * 64, 100), Layer("sha256:" + "2" * 64, 0))
+    kept = with_told_layers(inspect, layers)
+    assert kept is not inspect and "SparkjoyLayers" not in inspect, "the remembered inspect itself is left as it was"
+    assert told_layers(json.loads(json.dumps(kept))) == layers, "the layers survive the state database's JSON"
+    assert told_layers(inspect) is None
+
+
+@pytest.mark.parametrize("kept", [
+    "nonsense", [["sha256:x", -1]], [["sha256:x", True]], [["sha256:x"]], [[1, 2]], [["sha256:x", 1.5]], {"a": 1},
+])
+def test_layers_kept_in_an_unreadable_form_are_not_used(kept) -> None:
+    from sparkjoy.engine.convert import told_layers
+
+    assert told_layers({"Id": "sha256:" + "a" * 64, "SparkjoyLayers": kept}) is None

@@ -21,6 +21,7 @@ HISTORIES = {
 def _layers(wanted: list[tuple[dict, dict]]) -> tuple[dict, list[str]]:
     engine = object.__new__(DockerEngine)  # _layers needs no connection: histories are canned
     engine._history_cache = {}
+    engine._remembered = None
     asked: list[str] = []
 
     def history(image_id: str):

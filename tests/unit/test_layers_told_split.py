@@ -22,6 +22,7 @@ def _image(image_id, diff_ids, size, shared):
 def _layers(wanted, cache, histories):
     engine = object.__new__(DockerEngine)
     engine._history_cache = dict(cache)
+    engine._remembered = None
     asked = []
 
     def history(image_id):

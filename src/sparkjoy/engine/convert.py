@@ -36,6 +36,16 @@ def parse_time(value: Any) -> datetime | None:
             return None
     if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
         return None
+    try:
+        # Python 3.11's parser reads the engine's own form ("...T10:00:00.123456789Z", the
+        # fraction cut to microseconds) at an eighth of the cost of the way below.
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo is timezone.utc else parsed.astimezone(timezone.utc)
     text = value.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
@@ -406,6 +416,31 @@ def changed_object(event: Any) -> str | None | bool:
     if kind == "image" and not object_id.startswith("sha256:"):
         return None
     return object_id
+
+
+# The key under which an image's layers, once told, are kept with its remembered inspect: an
+# image ID's layers never change, so a later snapshot needs neither its history nor the sums.
+TOLD_LAYERS = "SparkjoyLayers"
+
+
+def told_layers(inspect: Mapping[str, Any]) -> tuple[Layer, ...] | None:
+    """Given a remembered inspect, return the layers told for it earlier (None: none, or unreadable)."""
+    kept = inspect.get(TOLD_LAYERS)
+    if not isinstance(kept, list):
+        return None
+    layers = []
+    for pair in kept:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 0):
+            return None
+        layers.append(Layer(pair[0], pair[1]))
+    return tuple(layers)
+
+
+def with_told_layers(inspect: Mapping[str, Any], layers: tuple[Layer, ...]) -> dict[str, Any]:
+    """Given a remembered inspect and the layers told for its image, return a new inspect that
+    keeps them, for ``told_layers`` (new: the state database writes only inspects that changed)."""
+    return {**inspect, TOLD_LAYERS: [[layer.chain_id, layer.size] for layer in layers]}
 
 
 # What `image_from` and `layers_from` read of an image's inspect: all a remembered inspect keeps

@@ -30,7 +30,7 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import replace
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -134,6 +134,8 @@ class DockerEngine:
         # Remembered inspects of an earlier run: trusted only after reading the engine's events
         # since that run's mark, at the next snapshot; the newest event read, for the next mark.
         self._catching_up = False
+        # A snapshot's listing asked for ahead (``begin_snapshot``): when, and its answer to come.
+        self._listing: tuple[datetime, Future] | None = None
         self._mark: EventMark | None = None
         self._anchor: str | None = None
         # The engine's clock (unix nanoseconds) right after the last snapshot's listing, when it
@@ -331,9 +333,13 @@ class DockerEngine:
             return
         for entry in image_entries:
             inspect = known.get(entry["Id"])
-            if isinstance(inspect, dict) and sorted(
-                convert.real_tags(convert.as_strings(inspect.get("RepoTags")))
-            ) != sorted(convert.real_tags(convert.as_strings(entry.get("RepoTags")))):
+            if not isinstance(inspect, dict):
+                continue
+            remembered, listed = inspect.get("RepoTags"), entry.get("RepoTags")
+            if remembered == listed and isinstance(listed, list):
+                continue  # the same list (the common case): the same tags
+            if sorted(convert.real_tags(convert.as_strings(remembered))) != sorted(
+                    convert.real_tags(convert.as_strings(listed))):
                 del known[entry["Id"]]
 
     def _inspect(self, what: str, object_id: str, path: str) -> Any:
@@ -415,9 +421,22 @@ class DockerEngine:
             cause = error.message if error.status is not None else str(error)
             raise EngineUnreachable(self.host, cause, _hint(self.connection, cause)) from error
 
+    def begin_snapshot(self) -> None:
+        """Ask the engine for the next snapshot's listing (``GET /system/df``) now, in the
+        background: the engine takes most of a snapshot's time to answer it, time the caller
+        can spend reading its state database meanwhile. ``snapshot()`` then takes that answer."""
+        if self._listing is None:
+            ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparkjoy-df")
+            self._listing = (datetime.now(timezone.utc), ahead.submit(self._df))
+            ahead.shutdown(wait=False)  # the thread ends with its one call
+
     def snapshot(self) -> Snapshot:
-        taken_at = datetime.now(timezone.utc)
-        df = self._df()
+        if self._listing is not None:
+            (taken_at, listing), self._listing = self._listing, None
+            df = listing.result()  # its error, if it failed, raised here
+        else:
+            taken_at = datetime.now(timezone.utc)
+            df = self._df()
         image_entries = [e for e in df.get("Images") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))]
         container_entries = [
             e for e in df.get("Containers") or [] if isinstance(e, dict) and convert.as_str(e.get("Id"))
@@ -508,16 +527,25 @@ class DockerEngine:
         (``convert.derived_layers``). So first the remembered histories; then, in a round,
         one history for each layer of unknown size that two or more of the remaining images
         hold; what is still left after two rounds (images with several layers of their own)
-        has its own history read, as before."""
+        has its own history read, as before. The layers told are kept with each image's
+        inspect (``convert.TOLD_LAYERS``): when that is remembered, a later snapshot takes them
+        as they are."""
         known: dict[str, int] = {}
         found: dict[str, tuple] = {}
         pending: dict[str, tuple[Any, int, list[str]]] = {}
         shared: dict[str, int] = {}
         holders: Counter[str] = Counter()  # chain id -> how many of the listed images hold it
+        inspects: dict[str, Any] = {}
         for entry, inspect in wanted:
             image_id = entry["Id"]
             if image_id in found or image_id in pending:
                 continue  # listed twice: once is enough
+            told = convert.told_layers(inspect)
+            if told is not None:  # told by an earlier snapshot
+                found[image_id] = told
+                known.update((layer.chain_id, layer.size) for layer in told)
+                continue
+            inspects[image_id] = inspect
             size = convert.as_int(entry.get("Size"), -1)
             chains = convert.layer_chains(inspect)
             holders.update(chains)
@@ -560,6 +588,11 @@ class DockerEngine:
                 inspect, size, _ = pending.pop(image_id)
                 found[image_id] = convert.layers_from(inspect, history, size)
                 known.update((layer.chain_id, layer.size) for layer in found[image_id])
+        remembered = self._remembered
+        if remembered is not None:
+            for image_id, inspect in inspects.items():
+                if remembered.get(image_id) is inspect:
+                    remembered[image_id] = convert.with_told_layers(inspect, found[image_id])
         return found
 
     def _with_listed_parents(self, images: tuple[Image, ...]) -> tuple[Image, ...]:
