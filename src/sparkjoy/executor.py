@@ -13,13 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Protocol
 
 from .engine.base import Engine, ImageState
 from .errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
-from .model import Kind, short_id
+from .model import Kind, repository_of, short_id
 from .planner import Plan, PlannedObject
 
 
@@ -299,12 +299,12 @@ class Executor:
         # An image's last tag goes with the image itself, deleted by ID: the engine refuses that
         # (409, never forced) while any container uses the image, a child image stands on it,
         # or it has another tag, and its check is atomic, so asking first would only cost a
-        # call. A dangling image is deleted the same way. The tags before the last are removed
-        # by name, which the engine does even while a container uses the image: an image with
-        # several tags is checked first.
+        # call. A dangling image is deleted the same way. The tags before the last, and digest
+        # references of other repositories, are removed by name, which the engine does even
+        # while a container uses the image: an image with any of those is checked first.
         users = (
             [c for c in self.engine.containers_of_image(planned.id) if c.id not in removed_containers]
-            if len(current.repo_tags) > 1
+            if len(current.repo_tags) > 1 or _digests_by_name(current)
             else []
         )
         if users:
@@ -313,65 +313,115 @@ class Executor:
 
         tried: list[str] = []
         try:
-            return self._untag_and_delete(planned, current, tried)
+            result = self._untag_and_delete(planned, current, tried)
         except EngineError as error:
             if not tried:
                 raise
             return self._failed_after_untags(planned, error, tried)
+        if result.outcome is Outcome.DELETED and planned.hidden_parents:
+            return self._hidden_parents(planned, result)
+        return result
+
+    def _hidden_parents(self, planned: PlannedObject, result: ObjectResult) -> ObjectResult:
+        """The image is deleted: delete the untagged parents the plan names with it, nearest
+        first, each re-checked (still untagged) and deleted by ID, so the engine refuses one
+        that another child or a container holds; the first that stays ends the walk (the
+        ones above are held through it). Best effort: what stays is reclaimed by a later run."""
+        deleted = 0
+        stayed = ""
+        for parent in planned.hidden_parents:
+            try:
+                state = self.engine.image_state(parent)
+                if state is None:
+                    continue  # gone already: deleted with another child
+                if state.repo_tags:
+                    stayed = f"untagged parent {short_id(parent)} is tagged now"
+                    break
+                answer = self.engine.delete_image(parent)
+            except EngineNotFound:
+                continue
+            except EngineConflict:
+                break  # another child, or a container, holds it: it stays, and so do the ones above
+            except (EngineError, EngineUnreachable) as error:
+                stayed = f"untagged parent {short_id(parent)} not deleted: {error}"
+                break
+            deleted += 1
+            added = [name for name in _untagged_tags(answer) if "@" not in name]
+            if added:  # tagged in the instant since the re-check
+                return replace(result, detail=_with_parents(deleted),
+                               unplanned=(*result.unplanned, *(f"tag {name} (put on the untagged parent image "
+                                                              f"{short_id(parent)} since the re-check)"
+                                                              for name in added)))
+        if not deleted and not stayed:
+            return result
+        detail = ", ".join(part for part in (_with_parents(deleted) if deleted else "", stayed) if part)
+        return replace(result, detail=detail)
 
     def _failed_after_untags(self, planned: PlannedObject, error: EngineError, tried: list[str]) -> ObjectResult:
         """An error after this run asked for tags to go: the result names the tags that went
-        (the image may be whole, partly untagged, or gone)."""
+        (the image may be whole, partly untagged, or gone); digest references tried are named
+        in the detail only."""
         try:
             now = self.engine.image_state(planned.id)
         except (EngineError, EngineUnreachable):
             return ObjectResult(planned, Outcome.FAILED, f"{error}; which of {', '.join(tried)} went is not known")
         if now is None:
             return ObjectResult(planned, Outcome.DELETED, f"deleted, although the engine answered: {error}",
-                                tuple(tried))
-        gone = tuple(tag for tag in tried if tag not in now.repo_tags)
+                                tuple(t for t in tried if "@" not in t))
+        gone = tuple(name for name in tried if name not in now.repo_tags and name not in now.repo_digests)
         if gone:
-            return ObjectResult(planned, Outcome.PARTIAL, f"removed tags {', '.join(gone)}, then: {error}", gone)
+            return ObjectResult(planned, Outcome.PARTIAL, f"removed {', '.join(gone)}, then: {error}",
+                                tuple(t for t in gone if "@" not in t))
         return ObjectResult(planned, Outcome.FAILED, str(error))
 
     def _untag_and_delete(self, planned: PlannedObject, current: ImageState, tried: list[str]) -> ObjectResult:
-        """Remove the tags before the last by name, then delete the image by ID (and with it its
-        last tag).
+        """Remove the tags before the last by name, and the digest references of other
+        repositories than the last tag's, then delete the image by ID (and with it its last tag
+        and the digest references of its repository).
 
         By ID, not by its last tag's name: ``DELETE /images/x:1`` acts on whatever ``x:1`` names
         when the engine gets it, so a tag moved to a new image since the re-check would lose
         the new image its tag, and the new image itself when that was its only tag. By ID the
         engine deletes the planned image or refuses; a tag added to it since the re-check makes
-        it refuse, unless the image had no tag left. No API call guards that, nor a tag before
-        the last that moved since the re-check: the engine's answer then shows it, and the
-        result names what went beyond the plan (``unplanned``).
+        it refuse, unless the image had no tag left. The engine deletes by ID only an image
+        whose references are at most one tag, all in one repository (a pulled image has its
+        tag and a digest of the same repository), hence the digests of other repositories
+        first. No API call guards a tag added to a dangling image, a single tag replaced by
+        another (a rename), or a tag before the last that moved since the re-check: the
+        engine's answer shows the first two and a moved tag whose image it deleted, and the
+        result names what went beyond the plan (``unplanned``). A tag moved to an image that
+        keeps another tag is removed from it, and no answer tells (docs/reliability.md).
         """
-        removed: list[str] = []
+        removed: list[str] = []  # tags
+        dropped: list[str] = []  # digest references
         unplanned: list[str] = []
         *by_name, last = current.repo_tags or ("",)
-        for tag in by_name:
-            tried.append(tag)
+        digests = _digests_by_name(current)
+        expected = {last, *(d for d in current.repo_digests if d not in digests)} - {""}
+        for reference in (*by_name, *digests):
+            is_tag = reference in by_name
+            tried.append(reference)
             try:
-                answer = self.engine.untag(tag)
+                answer = self.engine.untag(reference)
             except EngineNotFound:
                 continue  # the tag went since the re-check; the image itself is checked below
             except EngineConflict as error:
-                return self._refused(planned, removed, error, unplanned)
-            if not _untagged(answer, tag) and not _deleted(answer, planned.id):
+                return self._refused(planned, removed, error, unplanned, dropped)
+            if not _untagged(answer, reference) and not _deleted(answer, planned.id):
                 # An answer that names neither the tag nor the image (a proxy's, say): look.
                 now = self.engine.image_state(planned.id)
-                if now is not None and tag in now.repo_tags:
-                    outcome = Outcome.PARTIAL if removed else Outcome.FAILED
-                    return ObjectResult(planned, outcome, f"the engine answered the untag of {tag} without "
+                if now is not None and reference in (*now.repo_tags, *now.repo_digests):
+                    outcome = Outcome.PARTIAL if removed or dropped else Outcome.FAILED
+                    return ObjectResult(planned, outcome, f"the engine answered the untag of {reference} without "
                                         "untagging it", tuple(removed), tuple(unplanned))
-            removed.append(tag)
-            if _deleted(answer, planned.id):  # its other tags went since the re-check
+            (removed if is_tag else dropped).append(reference)
+            if _deleted(answer, planned.id):  # its other references went since the re-check
                 return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
             # The image keeps its last tag, so this untag deleted no layer of it: anything the
             # answer deleted is another image's, one the tag had moved to since the re-check.
             stray = _deleted_ids(answer)
             if stray:
-                unplanned.append(f"image {short_id(stray[0])} (the untag of {tag} deleted it: the tag had "
+                unplanned.append(f"image {short_id(stray[0])} (the untag of {reference} deleted it: the tag had "
                                  "moved to it since the re-check)")
 
         if last:
@@ -379,26 +429,31 @@ class Executor:
         try:
             answer = self.engine.delete_image(planned.id)
         except EngineNotFound:
-            if not removed:
+            if not removed and not dropped:
                 return ObjectResult(planned, Outcome.GONE, "already deleted", (), tuple(unplanned))
             return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
         except EngineConflict as error:
-            return self._refused(planned, removed, error, unplanned)
+            return self._refused(planned, removed, error, unplanned, dropped)
         # The engine names the image it deleted. An answer that does not (a proxy's, say) is
         # checked: the image is deleted only if it is no longer there.
         if not _deleted(answer, planned.id) and self.engine.image_state(planned.id) is not None:
-            outcome = Outcome.PARTIAL if removed else Outcome.FAILED
+            outcome = Outcome.PARTIAL if removed or dropped else Outcome.FAILED
             return ObjectResult(planned, outcome, "the engine answered the deletion without deleting: the "
                                 "image is still there", tuple(removed), tuple(unplanned))
-        # The engine's answer names the tags that went with the image: its last one, unless
-        # that moved to another image since the re-check; any other was added to it in that
-        # instant. An answer that names nothing (a proxy's) tells nothing: the image is gone,
-        # and its last tag most likely with it.
+        # The engine's answer names the references that went with the image: its last tag,
+        # unless that moved to another image since the re-check, and its digests; any other
+        # was added to it in that instant. An answer that names nothing (a proxy's) tells
+        # nothing: the image is gone, and its last tag most likely with it.
         untagged = _untagged_tags(answer)
-        for tag in untagged:
-            removed.append(tag if tag != last and not _untagged([{"Untagged": tag}], last) else last)
-            if removed[-1] != last:
-                unplanned.append(f"tag {tag} (added to the image since the re-check)")
+        for reference in untagged:
+            if any(_untagged([{"Untagged": reference}], name) for name in expected):
+                if last and _untagged([{"Untagged": reference}], last):
+                    removed.append(last)
+                continue
+            if "@" in reference:
+                continue  # a digest: it names this image's content, so it went with it by right
+            removed.append(reference)
+            unplanned.append(f"tag {reference} (added to the image since the re-check)")
         if last and not untagged and not _deleted(answer, planned.id):
             removed.append(last)
         return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
@@ -426,12 +481,15 @@ class Executor:
 
     @staticmethod
     def _refused(planned: PlannedObject, removed: list[str], error: EngineConflict,
-                 unplanned: list[str] | None = None) -> ObjectResult:
-        if removed:
+                 unplanned: list[str] | None = None, dropped: list[str] | None = None) -> ObjectResult:
+        # What this run removed before the refusal: tags, and digest references (no tags, so
+        # not in removed_tags, but the image lost them all the same).
+        gone = [*removed, *(dropped or ())]
+        if gone:
             return ObjectResult(
                 planned,
                 Outcome.PARTIAL,
-                f"removed tags {', '.join(removed)}, then the engine refused: {error.message}",
+                f"removed {', '.join(gone)}, then the engine refused: {error.message}",
                 tuple(removed),
                 tuple(unplanned or ()),
             )
@@ -496,6 +554,20 @@ class Executor:
             elif kept.kind is Kind.BUILD_CACHE and kept.id not in records:
                 findings.append(AuditFinding(kept.kind, kept.id, "kept build-cache record is gone"))
         return tuple(findings)
+
+
+def _with_parents(count: int) -> str:
+    return f"with {count} untagged parent image{'' if count == 1 else 's'} (a classic build's steps)"
+
+
+def _digests_by_name(image: ImageState) -> tuple[str, ...]:
+    """The image's digest references the engine's delete by ID would refuse to remove with it:
+    those of other repositories than its last tag's (or, untagged, than its first digest's)."""
+    names = image.repo_tags or image.repo_digests
+    if not names or not image.repo_digests:
+        return ()
+    keep = repository_of(names[-1] if image.repo_tags else names[0])
+    return tuple(d for d in image.repo_digests if repository_of(d) != keep)
 
 
 def _untagged(answer: list[dict], tag: str) -> bool:

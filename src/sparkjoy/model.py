@@ -41,6 +41,12 @@ class Image:
     labels: Mapping[str, str] = field(default_factory=dict)
     parent_id: str = ""
     repo_digests: tuple[str, ...] = ()
+    # The untagged images between it and ``parent_id`` that the engine does not list (a classic
+    # build's step images, an old base whose tag moved), nearest first: ``parent_id`` is the
+    # nearest listed ancestor.
+    hidden_parents: tuple[str, ...] = ()
+    # How many of its bottom layers the nearest of those holds (0: none, or not known).
+    hidden_parent_layers: int = 0
     # Bottom-to-top layers with their sizes; empty when the engine did not tell us
     # (then the image is accounted as a whole: see sparkjoy.usage).
     layers: tuple[Layer, ...] = ()

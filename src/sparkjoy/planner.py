@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from operator import attrgetter
@@ -44,6 +44,12 @@ class PlannedObject:
     # The object's own size as the engine reports it, for display.
     size: int = 0
     in_scope: bool = True
+    # The untagged parents the engine does not list (``Image.hidden_parents``: a classic
+    # build's step images, an old base whose tag moved), deleted after the image, nearest
+    # first, while nothing else holds them (as `docker image prune` deletes them). Only when
+    # the plan's scope is the whole engine: under --repo or --label an untagged image is out of
+    # it. A listed parent is decided on its own.
+    hidden_parents: tuple[str, ...] = ()
 
     @property
     def key(self) -> ObjectKey:
@@ -71,6 +77,7 @@ class _Unfrozen:
         self.bytes_held_by_cache = 0
         self.size = size if size > 0 else 0
         self.in_scope = not self.reason.startswith("out of scope")
+        self.hidden_parents = ()
 
 
 def _freeze(*made: Iterable[_Unfrozen]) -> None:
@@ -265,7 +272,7 @@ class _Planner:
         objects = containers + images + cache + volumes
         deleted = [o for o in objects if o.decision is Decision.DELETE]
         deletion_order = [(o.kind, o.id) for o in deleted]
-        freed = ledger.freed(deletion_order)
+        freed = self.bytes_ledger(ledger).freed(deletion_order)
         by_object = freed.by_object
         # by_object lists each deletion once, in deletion order: unless a key came twice, its
         # values line up with the deletions, and no look-up is needed.
@@ -283,6 +290,23 @@ class _Planner:
         frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
         return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot, ledger=ledger,
                     ranked=tuple(sorted(self._ranked)))
+
+    def bytes_ledger(self, ledger: LayerLedger) -> LayerLedger:
+        """The ledger that tells what the deletions free. Under --repo or --label an image's
+        untagged parents that the engine does not list stay (``PlannedObject.hidden_parents``),
+        and the nearest holds the image's bottom layers: it joins the ledger as an image no
+        deletion names, so those layers are never predicted as freed."""
+        if not self._scoped:
+            return ledger
+        stay: dict[str, Image] = {}
+        for image in self.snapshot.images:
+            held = image.hidden_parent_layers
+            if held and image.layers and image.hidden_parents[0] not in stay:
+                stay[image.hidden_parents[0]] = Image(image.hidden_parents[0], (), None, None, 0, 0,
+                                                      layers=image.layers[:held])
+        if not stay:
+            return ledger
+        return LayerLedger(replace(self.snapshot, images=(*self.snapshot.images, *stay.values())))
 
     # -- containers -------------------------------------------------------------------
 
@@ -363,6 +387,10 @@ class _Planner:
 
         made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
         self._images_made = made
+        if not self._scoped:
+            for image, made_one in zip(self.snapshot.images, made):
+                if image.hidden_parents and made_one.decision is Decision.DELETE:
+                    made_one.hidden_parents = image.hidden_parents
         # Children before parents (deepest first), then the oldest first, then by id. Three
         # stable sorts on one simple key each, the last key first: the same order as one sort
         # on the tuple (-depth, time, id), at a third of the cost (no tuple per image).

@@ -227,7 +227,7 @@ def _policy_line(plan: Plan) -> str:
 
 
 def _object_json(o: PlannedObject) -> dict[str, Any]:
-    return {
+    entry = {
         "kind": o.kind.value,
         "id": o.id,
         "names": list(o.names),
@@ -239,6 +239,9 @@ def _object_json(o: PlannedObject) -> dict[str, Any]:
         "in_scope": o.in_scope,
         "reference_time": o.reference_time.isoformat() if o.reference_time else None,
     }
+    if o.hidden_parents:  # a classic build's untagged step images, deleted with it
+        entry["untagged_parents"] = list(o.hidden_parents)
+    return entry
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

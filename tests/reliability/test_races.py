@@ -245,15 +245,15 @@ def test_a_parent_whose_child_stays_keeps_its_tags(clean_engine, count):
 # reported as removed beyond the plan, and the run is not ok.
 
 
-def _race_run(proxy, engine, first_delete):
+def _race_run(proxy, engine, first_delete, nth: int = 1):
     """Plan on the engine, then run through the proxy, calling `first_delete()` just before
-    the run's first image deletion (by name or by ID) reaches the engine."""
+    the run's `nth` image deletion (by name or by ID) reaches the engine."""
     sparkjoy = adapter(engine.host)
     snapshot = sparkjoy.snapshot()
     the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
     called = []
     proxy.add(Rule("DELETE", r"^/images/", hook(lambda request: called.append(first_delete()),
-                                                 name="a tag changed in the race window"), nth=1))
+                                                 name="a tag changed in the race window"), nth=nth))
     result = Executor(adapter(proxy.host), audit=True, wait=lambda s: None).execute(the_plan)
     assert called, "the hook never ran"
     return the_plan, result
@@ -262,6 +262,10 @@ def _race_run(proxy, engine, first_delete):
 def _tag(engine, image_id: str, tag: str) -> None:
     with closing(engine.client()) as client:
         client.api.tag(image_id, *tag.rsplit(":", 1))
+
+
+def _tags(engine, image_id: str) -> set[str]:
+    return set(inventory(engine).images.get(image_id, ()))
 
 
 def test_a_last_tag_moved_to_a_new_image_after_the_recheck_leaves_the_new_image_whole(proxy, clean_engine, count):
@@ -340,3 +344,61 @@ def test_a_first_tag_moved_to_a_new_image_after_the_recheck_is_reported_when_the
     assert not result.ok and len(result.unplanned) == 1, result
     assert newer[0].removeprefix("sha256:")[:12] in result.unplanned[0]
     assert newer[0] not in inventory(engine).images
+
+
+def test_a_middle_tag_of_three_moved_to_a_new_image_is_reported(proxy, clean_engine):
+    """Three tags: the second untag by name (the run's second DELETE) meets race/three:b
+    moved to a new, otherwise untagged image, which the engine then deletes."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, ["race/three:a", "race/three:b", "race/three:c"])
+    newer = []
+
+    def move():
+        newer.append(fixtures.import_image(engine, 1000, seed=22))
+        _tag(engine, newer[0], "race/three:b")
+
+    the_plan, result = _race_run(proxy, engine, move, nth=2)
+
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert newer[0] not in inventory(engine).images  # the unguardable loss ...
+    assert not result.ok and any(newer[0].removeprefix("sha256:")[:12] in u for u in result.unplanned), result
+
+
+def test_a_classic_child_built_in_the_window_keeps_a_single_tag_image(proxy, clean_engine):
+    """No container check for a one-tag image: the engine's refusal by ID (a child depends
+    on it) is the guard."""
+    engine = clean_engine
+    base = fixtures.build(engine, fixtures.BUSYBOX_BASE, "race/base1:1", buildkit=False)
+    children = []
+
+    def build_child():
+        children.append(fixtures.build(engine, "FROM race/base1:1\nRUN echo c > /c\n", "keep/child:1",
+                                       buildkit=False))
+
+    the_plan, result = _race_run(proxy, engine, build_child)
+
+    [outcome] = [r for r in result.results if r.planned.id == base]
+    assert outcome.outcome is Outcome.KEPT and "engine refused" in outcome.detail, outcome
+    assert _tags(engine, base) == {"race/base1:1"}
+    assert children[0] in inventory(engine).images
+
+
+def test_a_single_tag_image_renamed_in_the_window_is_deleted_with_its_new_name(proxy, clean_engine):
+    """`docker tag img race/ren:new && docker rmi race/ren:old` in the window: the image has
+    exactly one tag again, one the plan never saw, and the engine's delete by ID removes any
+    single tag. No API call guards it: the run must report it as beyond the plan."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, "race/ren:old")
+
+    def rename():
+        _tag(engine, image, "race/ren:new")
+        with closing(engine.client()) as client:
+            client.api.remove_image("race/ren:old")
+
+    the_plan, result = _race_run(proxy, engine, rename)
+
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert image not in inventory(engine).images, "the engine deleted the renamed image by ID"
+    assert outcome.outcome is Outcome.DELETED and outcome.removed_tags == ("race/ren:new",), outcome
+    assert not result.ok and any("race/ren:new" in u for u in result.unplanned), result

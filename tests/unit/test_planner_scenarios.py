@@ -738,3 +738,32 @@ def test_a_plan_names_the_images_whose_keep_recent_places_decide_others_deletion
     assert {o.id for o in the_plan.deletions} == {"a2", "a3"}
     assert the_plan.ranked == ("a1",)
     assert plan(snap, Policy(max_age=H6, keep_recent=0), now=NOW).ranked == ()
+
+
+def _classic_child() -> tuple:
+    """A classic build's image app/c:1 on keep/base:1, with two unlisted step images between:
+    the nearest holds the base's layer and the first step's."""
+    base = image("base", "keep/base:1", tagged=ago(days=9), layer_list=layers(("base", 50)), size=50)
+    child = replace(
+        image("child", "app/c:1", tagged=ago(days=9), parent="base",
+              layer_list=layers(("base", 50), ("one", 30), ("two", 20)), size=100),
+        hidden_parents=("step2", "step1"), hidden_parent_layers=2)
+    return base, child
+
+
+def test_unscoped_a_deleted_image_takes_its_unlisted_step_images_and_all_its_own_bytes() -> None:
+    base, child = _classic_child()
+    the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0,
+                                                           exclude=("keep/*",)), now=NOW)
+    [planned] = [o for o in the_plan.deletions if o.id == "child"]
+    assert planned.hidden_parents == ("step2", "step1")
+    assert planned.bytes == 50  # its two layers above the base: the step images go too
+
+
+def test_under_repo_a_deleted_image_leaves_its_step_images_and_frees_only_what_they_do_not_hold() -> None:
+    base, child = _classic_child()
+    the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0,
+                                                           repos=("app/*",)), now=NOW)
+    [planned] = [o for o in the_plan.deletions if o.id == "child"]
+    assert planned.hidden_parents == ()
+    assert planned.bytes == 20  # the nearest step image keeps "base" and "one"

@@ -23,6 +23,9 @@ class ImageState:
     # When it was last tagged (None when the engine does not say): a newer time than the
     # plan's means it was tagged again, e.g. by a rebuild that hit the cache.
     last_tag_time: datetime | None = None
+    # Its digest references (``repo@sha256:...``, left by a pull): names too, which the engine
+    # removes with the image, but no tags (a digest cannot move to another image).
+    repo_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,11 @@ class Engine(Protocol):
         """Containers in any state whose image is this one (re-check before untagging)."""
 
     def untag(self, tag: str) -> list[dict]:
-        """Remove one tag (never forced). Returns the engine's Untagged/Deleted entries."""
+        """Remove one tag or digest reference (never forced, never its parents). Returns the
+        engine's Untagged/Deleted entries."""
 
     def delete_image(self, image_id: str) -> list[dict]:
-        """Delete an untagged image by ID (never forced)."""
+        """Delete an image by ID with its last references (never forced, never its parents)."""
 
     def container_state(self, container_id: str) -> Container | None:
         """The container as it is now, or None when it is gone."""

@@ -96,6 +96,11 @@ def real_tags(tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in tags if t and t != "<none>:<none>" and not t.startswith("<none>"))
 
 
+def real_digests(references: Iterable[str]) -> tuple[str, ...]:
+    """Old engines report an image without digests as ``<none>@<none>``: that is no reference."""
+    return tuple(r for r in references if "@" in r and not r.startswith("<none>"))
+
+
 def chain_ids(diff_ids: list[str]) -> list[str]:
     """Given a bottom-to-top list of layer diff IDs, return their chain IDs (as the layer store names them)."""
     chains: list[str] = []

@@ -43,7 +43,10 @@ from .transport import BadAnswer, Reply, SdkTransport, TimedOut, TransportError,
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_NO_FORCE = {"force": False, "noprune": False}  # never force: the engine's refusals are safety checks
+# Never force: the engine's refusals are safety checks. Never an untagged parent with its
+# child: it may be outside the plan's scope, or kept by it (the executor deletes the parents
+# the plan names, one by one: PlannedObject.hidden_parents).
+_NO_FORCE = {"force": False, "noprune": True}
 
 
 MINIMUM_API_VERSION = "1.24"  # the SDK's minimum: older engines lack what sparkjoy reads
@@ -603,14 +606,16 @@ class DockerEngine:
         child that stays: it would untag the base, and the engine would then refuse to delete it.
         """
         listed = {image.id for image in images}
-        nearest: dict[str, str] = {}  # unlisted image id -> listed ancestor id, or ""
+        nearest: dict[str, tuple[str, tuple[str, ...]]] = {}  # unlisted id -> (listed ancestor or "", hidden chain)
+        layer_counts: dict[str, int] = {}  # unlisted id -> how many layers it has
 
-        def listed_ancestor(parent_id: str) -> str:
+        def listed_ancestor(parent_id: str) -> tuple[str, tuple[str, ...]]:
             chain: list[str] = []
             current = parent_id
+            above: tuple[str, ...] = ()
             while current and current not in listed:
                 if current in nearest:
-                    current = nearest[current]
+                    current, above = nearest[current]
                     break
                 if current in chain:  # a loop in the engine's answers: no usable ancestor
                     current = ""
@@ -619,6 +624,7 @@ class DockerEngine:
                 try:
                     inspect = self._call(f"inspect image {current}", "GET", path_of("/images/{}/json", current))
                 except EngineNotFound:
+                    chain.pop()
                     current = ""
                     break
                 if not isinstance(inspect, dict):
@@ -626,15 +632,21 @@ class DockerEngine:
                     # the link that keeps its base.
                     raise EngineError(f"inspect image {current}", None, "bad answer from the engine: expected an "
                                       f"object, got {type(inspect).__name__}")
+                root = inspect.get("RootFS")
+                layers = root.get("Layers") if isinstance(root, dict) else None
+                layer_counts[current] = len(layers) if isinstance(layers, list) else 0
                 current = convert.as_str(inspect.get("Parent"))
-            for hidden in chain:
-                nearest[hidden] = current
-            return current
+            for at, hidden in enumerate(chain):
+                nearest[hidden] = (current, (*chain[at:], *above))
+            return current, (*chain, *above)
+
+        def linked(image: Image) -> Image:
+            ancestor, hidden = listed_ancestor(image.parent_id)
+            held = layer_counts.get(hidden[0], 0) if hidden else 0
+            return replace(image, parent_id=ancestor, hidden_parents=hidden, hidden_parent_layers=held)
 
         return tuple(
-            replace(image, parent_id=listed_ancestor(image.parent_id))
-            if image.parent_id and image.parent_id not in listed
-            else image
+            linked(image) if image.parent_id and image.parent_id not in listed else image
             for image in images
         )
 
@@ -690,7 +702,8 @@ class DockerEngine:
             return None
         metadata = inspect.get("Metadata")
         last_tag = convert.parse_time(metadata.get("LastTagTime")) if isinstance(metadata, dict) else None
-        return ImageState(found_id, convert.real_tags(convert.as_strings(inspect.get("RepoTags"))), last_tag)
+        return ImageState(found_id, convert.real_tags(convert.as_strings(inspect.get("RepoTags"))), last_tag,
+                          convert.real_digests(convert.as_strings(inspect.get("RepoDigests"))))
 
     def containers_of_image(self, image_id: str) -> list[Container]:
         entries = self._call(
