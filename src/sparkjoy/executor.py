@@ -23,6 +23,11 @@ from .model import Kind, repository_of, short_id
 from .planner import Plan, PlannedObject
 
 
+# Seconds added to a run's length when its events are read for tags moved in it: the engine's
+# clock and ours tick apart, and the re-check of the run's first image came before it started.
+MOVED_TAG_MARGIN_S = 5.0
+
+
 class Outcome(str, Enum):
     DELETED = "deleted"
     KEPT = "kept"  # changed since the plan, or the engine refused: the object stays, reason given
@@ -141,6 +146,8 @@ class Executor:
     # gone). Written between batches only (a batch never holds an image and its child).
     _children: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    # (planned image id, tag) for each tag this run removed by name (see _moved_tags).
+    _by_name: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def execute(self, plan: Plan, usage_before: int | None = None) -> RunResult:
         """Delete the plan's deletions, re-checking each; return a result per object and the
@@ -165,6 +172,8 @@ class Executor:
         results: list[ObjectResult] = []
         removed_containers: set[str] = set()
         pool: ThreadPoolExecutor | None = None
+        self._by_name = []
+        started = time.monotonic()
         try:
             for batch in self._batches(plan):
                 if len(batch) == 1:
@@ -185,6 +194,8 @@ class Executor:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         stopped_early = self._stop_reason
+        if self._by_name and not stopped_early.startswith("engine unreachable"):
+            results = self._moved_tags(results, time.monotonic() - started)
         usage_after = usage_before
         if measured:
             try:
@@ -204,6 +215,41 @@ class Executor:
         return RunResult(plan, tuple(results), usage_before, usage_after, stopped_early, audit)
 
     # -- one object ---------------------------------------------------------------------
+
+    def _moved_tags(self, results: list[ObjectResult], elapsed_s: float) -> list[ObjectResult]:
+        """A tag before an image's last is removed by name, and one moved to another image in
+        the instant before is removed from that image instead: the engine's answer reads the
+        same, and only its events tell (one read for the run, when it untagged by name). Such a
+        tag, put on another image during the run and not on it now, was removed beyond the plan,
+        and is no removed tag of the planned image. An image the untag deleted is named already
+        (``_untag_and_delete``); events that cannot be read tell nothing, and change nothing."""
+        untagged = {tag for _, tag in self._by_name}
+        try:
+            put = self.engine.tags_put(untagged, elapsed_s + MOVED_TAG_MARGIN_S)
+        except (EngineError, EngineUnreachable):
+            return results
+        lost: dict[str, list[tuple[str, str]]] = {}  # planned image id -> (tag, what happened to it)
+        for image_id, tag in self._by_name:
+            for other in sorted(put.get(tag, set()) - {image_id}):
+                try:
+                    now = self.engine.image_state(other)
+                except (EngineError, EngineUnreachable):
+                    continue
+                if now is not None and tag not in now.repo_tags:
+                    lost.setdefault(image_id, []).append(
+                        (tag, f"tag {tag} (moved to image {short_id(other)} just before its untag, which "
+                              "removed it from there)"))
+        if not lost:
+            return results
+        fixed = []
+        for result in results:
+            found = lost.get(result.planned.id)
+            if found and result.planned.kind is Kind.IMAGE:
+                tags = {tag for tag, _ in found}
+                result = replace(result, removed_tags=tuple(t for t in result.removed_tags if t not in tags),
+                                 unplanned=(*result.unplanned, *(note for _, note in found)))
+            fixed.append(result)
+        return fixed
 
     def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
         """Given the plan, return its deletions in order, in batches that may run at once.
@@ -415,6 +461,8 @@ class Executor:
                     return ObjectResult(planned, outcome, f"the engine answered the untag of {reference} without "
                                         "untagging it", tuple(removed), tuple(unplanned))
             (removed if is_tag else dropped).append(reference)
+            if is_tag:
+                self._by_name.append((planned.id, reference))  # list.append: safe across the workers
             if _deleted(answer, planned.id):  # its other references went since the re-check
                 return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
             # The image keeps its last tag, so this untag deleted no layer of it: anything the

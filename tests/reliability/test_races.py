@@ -402,3 +402,39 @@ def test_a_single_tag_image_renamed_in_the_window_is_deleted_with_its_new_name(p
     assert image not in inventory(engine).images, "the engine deleted the renamed image by ID"
     assert outcome.outcome is Outcome.DELETED and outcome.removed_tags == ("race/ren:new",), outcome
     assert not result.ok and any("race/ren:new" in u for u in result.unplanned), result
+
+
+def test_a_first_tag_moved_to_an_image_with_other_tags_is_reported_and_not_claimed(proxy, clean_engine):
+    """The tag moves (`docker tag other race/two:a`) onto an image that has a tag of its own,
+    just before the run's untag of race/two:a by name. The engine removes it from that image,
+    which keeps its other tag, and its answer reads like the planned untag: only its events
+    tell. The run reports the tag as removed beyond the plan and does not claim it among the
+    planned image's removed tags."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, ["race/two:a", "race/two:b"])
+    other = fixtures.import_image(engine, 1000, "keep/n:1", seed=21)  # kept by the policy
+
+    the_plan, result = _race_run(proxy, engine, lambda: _tag(engine, other, "race/two:a"))
+
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert "race/two:a" not in _tags(engine, other), "the engine removed the moved tag from the other image"
+    assert not result.ok and any("race/two:a" in u and other.removeprefix("sha256:")[:12] in u
+                                 for u in result.unplanned), result
+    assert "race/two:a" not in outcome.removed_tags, outcome.removed_tags
+
+
+def test_a_tag_moved_away_after_its_untag_is_not_reported(proxy, clean_engine):
+    """The other way round: the run untags race/three:a, and only then is race/three:a put on
+    another image (the hook runs before the run's second DELETE). The tag is on that image,
+    whole: nothing went beyond the plan."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, ["race/three:a", "race/three:b"])
+    other = fixtures.import_image(engine, 1000, "keep/m:1", seed=23)
+
+    the_plan, result = _race_run(proxy, engine, lambda: _tag(engine, other, "race/three:a"), nth=2)
+
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert "race/three:a" in _tags(engine, other)
+    assert result.ok and result.unplanned == (), result

@@ -75,6 +75,10 @@ class Engine(Protocol):
     def delete_image(self, image_id: str) -> list[dict]:
         """Delete an image by ID with its last references (never forced, never its parents)."""
 
+    def tags_put(self, names: set[str], within_s: float) -> dict[str, set[str]]:
+        """Of these tag names, those put on an image in the last ``within_s`` seconds (the
+        engine's events), each with the IDs of the images it was put on."""
+
     def container_state(self, container_id: str) -> Container | None:
         """The container as it is now, or None when it is gone."""
 

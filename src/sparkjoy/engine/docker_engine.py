@@ -312,6 +312,24 @@ class DockerEngine:
         except ValueError as error:
             raise EngineError(operation, None, f"bad answer from the engine: {_cause(error)}") from error
 
+    def tags_put(self, names: set[str], within_s: float) -> dict[str, set[str]]:
+        """Given tag names, return those the engine's events say were put on an image in the last
+        ``within_s`` seconds of the engine's clock, with the IDs of the images they were put on."""
+        until, _ = self._engine_clock()
+        if until is None:
+            raise EngineError("read the engine's clock (GET /info)", None, "the engine did not say its time")
+        found: dict[str, set[str]] = {}
+        for event in self._events_between(until - int(within_s * 1e9), until):
+            if not (isinstance(event, dict) and event.get("Type") == "image" and event.get("Action") == "tag"):
+                continue
+            actor = event.get("Actor")
+            attributes = actor.get("Attributes") if isinstance(actor, dict) else None
+            name = attributes.get("name") if isinstance(attributes, dict) else None
+            image_id = actor.get("ID") if isinstance(actor, dict) else None
+            if isinstance(name, str) and name in names and isinstance(image_id, str):
+                found.setdefault(name, set()).add(image_id)
+        return found
+
     def _engine_clock(self) -> tuple[int | None, str]:
         """From ``GET /info``: the engine's clock now, in unix nanoseconds (to the microsecond;
         the Date header has whole seconds only), or None when it does not say; and what tells
