@@ -65,8 +65,8 @@ CREATE TABLE IF NOT EXISTS histories (
 );
 CREATE TABLE IF NOT EXISTS inspects (
     engine TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    inspect TEXT NOT NULL,      -- JSON: the fields of the image's inspect that sparkjoy reads
+    image_id TEXT NOT NULL,     -- an image's id (sha256:...), or a stopped container's
+    inspect TEXT NOT NULL,      -- JSON: the fields of the inspect that sparkjoy reads
     PRIMARY KEY (engine, image_id)
 );
 CREATE TABLE IF NOT EXISTS inspect_marks (
@@ -344,11 +344,11 @@ class State:
                                  [(self.engine, i, json.dumps(steps, separators=(",", ":")))
                                   for i, steps in rows.items() if i not in stored])
 
-    # -- image inspects (a cache the engine's events keep true) --------------------------
+    # -- image and stopped-container inspects (a cache the engine's events keep true) -----
 
     @_recovering(lambda: ({}, None))
     def inspects(self) -> tuple[dict[str, dict], EventMark | None]:
-        """Given what the last one-shot run read, return image id -> its inspect (the fields
+        """Given what the last one-shot run read, return image (or stopped container) id -> its inspect (the fields
         sparkjoy reads) and where in the engine's events that run ended, from which the events
         tell which of them changed since (None: nothing usable is stored)."""
         with self._lock:
@@ -373,7 +373,7 @@ class State:
 
     @_recovering(None)
     def save_inspects(self, inspects: Mapping[str, dict], mark: EventMark | None) -> None:
-        """Keep exactly these images' inspects (the images the engine has now) with where in the
+        """Keep exactly these inspects (the images and stopped containers the engine has now) with where in the
         engine's events a later run must start reading to trust them; with no mark, keep none."""
         read, self._inspects_read = self._inspects_read, {}
         with self._lock, self._db:

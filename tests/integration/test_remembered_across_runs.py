@@ -242,3 +242,37 @@ def test_a_remembered_answer_gone_stale_never_costs_a_repository_its_newest(clea
         run = cli(through, "prune", "-f", "--keep-recent", "1", "--max-age", "1d", "--as-of", as_of)
     assert json_ids(run, result="deleted") == {k}
     assert tags_of(clean_engine, d) == {"across/r:d"} and tags_of(clean_engine, k) is None
+
+
+def test_a_second_run_inspects_no_stopped_container_again_until_its_events_say_it_ran(clean_engine):
+    """A stopped container is inspected for its finish time; that changes only when it runs
+    again, which its events tell. What is kept of it is its state and finish time only."""
+    from tests.fixtures import busybox_image, run_container
+
+    image = busybox_image(clean_engine, "across/box:1")
+    stopped = run_container(clean_engine, image, state="exited")
+    with counting_proxy(clean_engine, "GET", r"^/containers/[^/]+/json$", "inspect") as (proxy, inspects, through):
+        first = cli(through, "prune", "--dry-run")
+        assert inspects.matched == 1
+        finished = json_object(first, stopped)["reference_time"]
+
+        second = cli(through, "df", "-v")
+        third = cli(through, "prune", "--dry-run")
+        assert inspects.matched == 1, "nothing changed: the stopped container is not inspected again"
+        assert json_object(third, stopped)["reference_time"] == finished
+        assert second
+
+        with closing(clean_engine.client()) as client:
+            container = client.containers.get(stopped)
+            container.start()
+            container.wait(timeout=60)
+        fourth = cli(through, "prune", "--dry-run")
+        assert inspects.matched == 2, "it ran again: inspected again"
+        assert parse_engine_time(json_object(fourth, stopped)["reference_time"]) > parse_engine_time(finished)
+
+        db = state.default_path(os.environ)
+        with closing(sqlite3.connect(db)) as database:
+            [row] = database.execute("SELECT inspect FROM inspects WHERE engine = ? AND image_id = ?",
+                                     (proxy.host, stopped)).fetchall()
+    assert set(json.loads(row[0])) == {"Id", "State"}
+    assert set(json.loads(row[0])["State"]) <= {"Status", "FinishedAt"}

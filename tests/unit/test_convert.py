@@ -515,3 +515,15 @@ def test_layers_kept_in_an_unreadable_form_are_not_used(kept) -> None:
     from sparkjoy.engine.convert import told_layers
 
     assert told_layers({"Id": "sha256:" + "a" * 64, "SparkjoyLayers": kept}) is None
+
+
+def test_a_remembered_container_inspect_keeps_its_state_and_finish_time_only() -> None:
+    from sparkjoy.engine.convert import container_inspect_essentials
+
+    answer = {"Id": "c1", "State": {"Status": "exited", "FinishedAt": "2024-05-01T10:00:00Z", "Pid": 0},
+              "Config": {"Env": ["TOKEN=secret"]}, "Name": "/web"}
+    kept = container_inspect_essentials(answer)
+    assert kept == {"Id": "c1", "State": {"Status": "exited", "FinishedAt": "2024-05-01T10:00:00Z"}}
+    assert container_from({"Id": "c1", "State": "exited"}, kept).finished == container_from(
+        {"Id": "c1", "State": "exited"}, answer).finished
+    assert container_inspect_essentials("garbage") == "garbage"

@@ -451,6 +451,19 @@ def with_told_layers(inspect: Mapping[str, Any], layers: tuple[Layer, ...]) -> d
 # What `image_from` and `layers_from` read of an image's inspect: all a remembered inspect keeps
 # (the daemon's, in memory, and the one-shot commands', in the state database). Config is
 # left out but for its labels: it holds the image's environment, which may hold secrets.
+def container_inspect_essentials(inspect: Any) -> Any:
+    """Given a stopped container's inspect answer, return only what ``container_from`` reads of
+    it, its state and when it finished (not a mapping: as is). Never its config: that holds the
+    container's environment, which may hold secrets."""
+    if not isinstance(inspect, Mapping):
+        return inspect
+    kept: dict[str, Any] = {key: inspect[key] for key in ("Id",) if key in inspect}
+    state = inspect.get("State")
+    if isinstance(state, Mapping):
+        kept["State"] = {key: state[key] for key in ("Status", "FinishedAt") if key in state}
+    return kept
+
+
 def image_inspect_essentials(inspect: Any) -> Any:
     """Given an image's inspect answer, return only the fields sparkjoy reads (not a mapping: as is)."""
     if not isinstance(inspect, Mapping):

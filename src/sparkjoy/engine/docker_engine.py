@@ -14,8 +14,8 @@ inspects to be remembered too (``remember_inspects=True``): a later snapshot the
 about objects the engine said changed (``forget``), so an idle engine costs one
 ``/system/df`` per snapshot. The one-shot commands do the same across runs
 (``know_inspects``, ``remembered_inspects``): a run reads the engine's events since the
-last run ended (one call), and inspects again every image they name, or all of them when
-the events cannot tell (see ``_catch_up``). An image whose tags in the listing differ from
+last run ended (one call), and inspects again every image and stopped container they name,
+or all of them when the events cannot tell (see ``_catch_up``). An image whose tags in the listing differ from
 the remembered ones is inspected again in any case. Deletions never use remembered answers:
 the executor's re-checks always ask the engine. A plan also rests on other images' answers
 than the one being deleted (which of a repository's images are the newest, which image pulled
@@ -247,11 +247,14 @@ class DockerEngine:
         self._mark = mark
 
     def remembered_inspects(self, snapshot: Snapshot) -> tuple[dict[str, Any], EventMark | None]:
-        """Given a snapshot this engine took after ``know_inspects``, return its images' inspects
+        """Given a snapshot this engine took after ``know_inspects``, return its images' and
+        stopped containers' inspects
         (the fields sparkjoy reads) and where a later run must start reading events to trust
         them (None when the engine's clock is unknown: then they must not be used)."""
         known = self._remembered or {}
         inspects = {i.id: known[i.id] for i in snapshot.images if isinstance(known.get(i.id), dict)}
+        # A stopped container's too: its finish time changes only with events that name it.
+        inspects.update((c.id, known[c.id]) for c in snapshot.containers if isinstance(known.get(c.id), dict))
         clock = self._snapshot_engine_time
         return inspects, (EventMark(clock, self._anchor, self._engine_identity) if clock is not None else None)
 
@@ -364,13 +367,15 @@ class DockerEngine:
                 del known[entry["Id"]]
 
     def _inspect(self, what: str, object_id: str, path: str) -> Any:
-        """Inspect for a snapshot: the remembered answer when there is one. Of an image, only
-        the fields sparkjoy reads are kept (``convert.image_inspect_essentials``)."""
+        """Inspect for a snapshot: the remembered answer when there is one. Only the fields
+        sparkjoy reads are kept (``convert.image_inspect_essentials``, ``container_inspect_essentials``)."""
         if self._remembered is not None and object_id in self._remembered:
             return self._remembered[object_id]
         answer = self._call(f"inspect {what} {object_id}", "GET", path)
         if what == "image":
             answer = convert.image_inspect_essentials(answer)
+        elif what == "container":
+            answer = convert.container_inspect_essentials(answer)
         if self._remembered is not None and isinstance(answer, dict):
             self._remembered[object_id] = answer
         return answer
