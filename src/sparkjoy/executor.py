@@ -148,6 +148,11 @@ class Executor:
     _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
     # (planned image id, tag) for each tag this run removed by name (see _moved_tags).
     _by_name: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False, compare=False)
+    # Images whose untagged step images did not all go (see _hidden_parents): their listed
+    # parent still has children, so it is not free to go either.
+    _steps_left: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    # Image id -> its digest references in the plan's snapshot (a new one is a change: _image).
+    _digests: dict[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def execute(self, plan: Plan, usage_before: int | None = None) -> RunResult:
         """Delete the plan's deletions, re-checking each; return a result per object and the
@@ -165,27 +170,33 @@ class Executor:
             usage_before, stopped_early = 0, f"nothing deleted: reading usage before the run failed: {error}"
         measured = not stopped_early
         self._stop_reason = stopped_early
-        self._children, self._gone_images = {}, set()
+        self._children, self._gone_images, self._steps_left = {}, set(), set()
+        self._digests = {i.id: frozenset(i.repo_digests) for i in plan.snapshot.images if i.repo_digests}
         for image in plan.snapshot.images:
             if image.parent_id:
                 self._children.setdefault(image.parent_id, []).append(image.id)
         results: list[ObjectResult] = []
         removed_containers: set[str] = set()
         pool: ThreadPoolExecutor | None = None
-        self._by_name = []
-        started = time.monotonic()
         try:
             for batch in self._batches(plan):
+                self._by_name = []
+                started = time.monotonic()
                 if len(batch) == 1:
                     done = [self._attempt(batch[0], removed_containers)]
                 else:
                     pool = pool or ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delete")
                     futures = [pool.submit(self._attempt, planned, removed_containers) for planned in batch]
-                    done = (future.result() for future in futures)  # reported in plan order
+                    done = [future.result() for future in futures]  # reported in plan order
+                # Checked per batch, before its results are reported: a batch's events fit in
+                # the engine's buffer of its last 256, a whole run's may not.
+                if self._by_name and not self._stop_reason.startswith("engine unreachable"):
+                    done = self._moved_tags(done, time.monotonic() - started)
                 for result in done:
                     if result.outcome is Outcome.DELETED and result.planned.kind is Kind.CONTAINER:
                         removed_containers.add(result.planned.id)
-                    if result.outcome in (Outcome.DELETED, Outcome.GONE) and result.planned.kind is Kind.IMAGE:
+                    if (result.outcome in (Outcome.DELETED, Outcome.GONE) and result.planned.kind is Kind.IMAGE
+                            and result.planned.id not in self._steps_left):
                         self._gone_images.add(result.planned.id)
                     results.append(result)
                     if self.reporter:
@@ -194,8 +205,6 @@ class Executor:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         stopped_early = self._stop_reason
-        if self._by_name and not stopped_early.startswith("engine unreachable"):
-            results = self._moved_tags(results, time.monotonic() - started)
         usage_after = usage_before
         if measured:
             try:
@@ -222,12 +231,16 @@ class Executor:
         same, and only its events tell (one read for the run, when it untagged by name). Such a
         tag, put on another image during the run and not on it now, was removed beyond the plan,
         and is no removed tag of the planned image. An image the untag deleted is named already
-        (``_untag_and_delete``); events that cannot be read tell nothing, and change nothing."""
+        (``_untag_and_delete``); events that cannot be read are said so in those results' detail."""
         untagged = {tag for _, tag in self._by_name}
         try:
             put = self.engine.tags_put(untagged, elapsed_s + MOVED_TAG_MARGIN_S)
-        except (EngineError, EngineUnreachable):
-            return results
+        except (EngineError, EngineUnreachable) as error:
+            # Not checked is not "nothing moved": the results that untagged by name say so.
+            unchecked = {image_id for image_id, _ in self._by_name}
+            note = f"whether a tag moved to another image just before its untag is not known: {error}"
+            return [replace(r, detail=f"{r.detail}; {note}" if r.detail else note)
+                    if r.planned.id in unchecked else r for r in results]
         lost: dict[str, list[tuple[str, str]]] = {}  # planned image id -> (tag, what happened to it)
         for image_id, tag in self._by_name:
             for other in sorted(put.get(tag, set()) - {image_id}):
@@ -314,6 +327,10 @@ class Executor:
             return ObjectResult(planned, Outcome.GONE, "already removed")
         if not current.state.stopped:
             return ObjectResult(planned, Outcome.KEPT, f"changed since the plan: now {current.state.value}")
+        if current.finished and planned.reference_time and current.finished > planned.reference_time:
+            # It ran again since the answer the plan rests on (which may be a remembered one).
+            return ObjectResult(planned, Outcome.KEPT, "changed since the plan: ran again, finished at "
+                                f"{current.finished:%Y-%m-%d %H:%M:%S}")
         try:
             self.engine.remove_container(planned.id)
         except EngineNotFound:
@@ -332,10 +349,17 @@ class Executor:
                                 "too, with its tags")
         current = self.engine.image_state(planned.id)
         if current is None:
-            return ObjectResult(planned, Outcome.GONE, "already deleted")
+            result = ObjectResult(planned, Outcome.GONE, "already deleted")
+            return self._hidden_parents(planned, result) if planned.hidden_parents else result
         new_tags = sorted(set(current.repo_tags) - set(planned.names))
         if new_tags:
             return ObjectResult(planned, Outcome.KEPT, "changed since the plan: now also tagged " + ", ".join(new_tags))
+        repositories = {repository_of(name) for name in planned.names}
+        new_digests = sorted(d for d in set(current.repo_digests) - self._digests.get(planned.id, frozenset())
+                             if repository_of(d) not in repositories)
+        if new_digests:  # pulled since, from another repository than its tags': in use elsewhere
+            return ObjectResult(planned, Outcome.KEPT, "changed since the plan: now also referenced as "
+                                + ", ".join(new_digests))
         if current.last_tag_time and (planned.reference_time is None or current.last_tag_time > planned.reference_time):
             # Same tags, newer tag time: tagged again (a rebuild that hit the cache, a `docker
             # tag`), so about to be used, and no longer as old as the plan thought.
@@ -364,8 +388,11 @@ class Executor:
             if not tried:
                 raise
             return self._failed_after_untags(planned, error, tried)
-        if result.outcome is Outcome.DELETED and planned.hidden_parents:
+        if result.outcome in (Outcome.DELETED, Outcome.GONE) and planned.hidden_parents:
             return self._hidden_parents(planned, result)
+        if result.outcome not in (Outcome.DELETED, Outcome.GONE) and planned.hidden_parents:
+            with self._lock:
+                self._steps_left.add(planned.id)
         return result
 
     def _hidden_parents(self, planned: PlannedObject, result: ObjectResult) -> ObjectResult:
@@ -380,27 +407,37 @@ class Executor:
                 state = self.engine.image_state(parent)
                 if state is None:
                     continue  # gone already: deleted with another child
-                if state.repo_tags:
-                    stayed = f"untagged parent {short_id(parent)} is tagged now"
+                if state.repo_tags or state.repo_digests:
+                    stayed = f"untagged parent {short_id(parent)} has a name now: {(*state.repo_tags, *state.repo_digests)[0]}"
                     break
                 answer = self.engine.delete_image(parent)
             except EngineNotFound:
                 continue
-            except EngineConflict:
-                break  # another child, or a container, holds it: it stays, and so do the ones above
-            except (EngineError, EngineUnreachable) as error:
+            except EngineConflict as error:
+                # Another child, or a container, holds it: it stays, and so do the ones above.
+                stayed = f"untagged parent {short_id(parent)} stays: {error.message}"
+                break
+            except EngineUnreachable as error:
+                stayed = f"untagged parent {short_id(parent)} may or may not be deleted: engine unreachable: {error.cause}"
+                break
+            except EngineError as error:
                 stayed = f"untagged parent {short_id(parent)} not deleted: {error}"
                 break
             deleted += 1
             added = [name for name in _untagged_tags(answer) if "@" not in name]
             if added:  # tagged in the instant since the re-check
-                return replace(result, detail=_with_parents(deleted),
+                with self._lock:
+                    self._steps_left.add(planned.id)  # the walk ends here
+                return replace(result, detail="; ".join(p for p in (result.detail, _with_parents(deleted)) if p),
                                unplanned=(*result.unplanned, *(f"tag {name} (put on the untagged parent image "
                                                               f"{short_id(parent)} since the re-check)"
                                                               for name in added)))
+        if stayed:
+            with self._lock:
+                self._steps_left.add(planned.id)
         if not deleted and not stayed:
             return result
-        detail = ", ".join(part for part in (_with_parents(deleted) if deleted else "", stayed) if part)
+        detail = "; ".join(part for part in (result.detail, _with_parents(deleted) if deleted else "", stayed) if part)
         return replace(result, detail=detail)
 
     def _failed_after_untags(self, planned: PlannedObject, error: EngineError, tried: list[str]) -> ObjectResult:
@@ -469,6 +506,8 @@ class Executor:
             # answer deleted is another image's, one the tag had moved to since the re-check.
             stray = _deleted_ids(answer)
             if stray:
+                if is_tag:
+                    removed.remove(reference)  # removed from the image it had moved to, not from this one
                 unplanned.append(f"image {short_id(stray[0])} (the untag of {reference} deleted it: the tag had "
                                  "moved to it since the re-check)")
 

@@ -383,6 +383,8 @@ class _Planner:
                     candidates.append((image, when))
 
         self.keep_recent_per_repository(candidates, decisions)
+        if self._scoped:
+            self.keep_bases_of_step_images(decisions)
         self.keep_parents_of_kept(decisions)
 
         made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
@@ -437,6 +439,19 @@ class _Planner:
                         f"kept recent: #{rank} newest of repository {repository} (keep-recent {self.policy.keep_recent})",
                         when,
                     )
+
+    def keep_bases_of_step_images(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
+        """Under --repo or --label, a deleted image's untagged step images stay (out of scope:
+        see ``PlannedObject.hidden_parents``), and they are children of its listed parent: the
+        engine refuses to delete that parent, after its tags but the last went by name. So the
+        parent stays, whole (and, through ``keep_parents_of_kept``, its own parents)."""
+        for image in self.snapshot.images:
+            parent_id = image.parent_id
+            if (image.hidden_parents and parent_id in decisions and decisions[parent_id][0] is Decision.DELETE
+                    and decisions[image.id][0] is Decision.DELETE):
+                label = image.repo_tags[0] if image.repo_tags else image.short_id
+                decisions[parent_id] = (Decision.KEEP, f"parent of the untagged step images of {label}, which stay "
+                                        "(untagged, so outside the scope)", decisions[parent_id][2])
 
     def keep_parents_of_kept(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
         """An image whose child stays cannot be deleted (the engine refuses), so it stays too.

@@ -134,11 +134,16 @@ class Policy:
             if outside:
                 # Deleting the image would take a tag outside the scope with it: the image stays whole.
                 return f"out of scope: also tagged {outside[0]}, outside --repo " + " ".join(self.repos)
+            # So would a digest reference (a pull's) of a repository outside it.
+            for digest in image.repo_digests:
+                if not self.repo_matches(repository_of(digest)):
+                    return f"out of scope: also referenced as {digest}, outside --repo " + " ".join(self.repos)
         return None
 
     def excluded_by(self, image: Image) -> tuple[str, str] | None:
         """Given an image, return ``(pattern, tag)`` of the first exclusion that protects it."""
-        for tag in image.repo_tags:
+        # A digest reference (``repo@sha256:...``, a pull's) is a name of the image too.
+        for tag in (*image.repo_tags, *image.repo_digests):
             for pattern, compiled in zip(self.exclude, self._exclude_patterns):
                 if compiled.fullmatch(tag):
                     return pattern, tag

@@ -127,3 +127,36 @@ def test_the_cli_prune_of_a_pulled_image_exits_ok(engine_factory):
     assert entry["result"] == "deleted", entry
     assert "unplanned" not in data, f"exit {run.returncode}, unplanned: {data.get('unplanned')}"
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
+def test_under_repo_an_image_with_a_digest_of_another_repository_is_out_of_scope(engine_factory):
+    """`--repo 'app/*'`: app/local:1 also carries localhost:5000/base@sha256:... (pulled by
+    digest, then tagged). Deleting it would remove a name outside the scope: it stays whole."""
+    from tests.reliability.support import greedy_policy
+
+    engine = engine_factory()
+    image = fixtures.import_image(engine, 1000, "app/local:1")
+    digest_ref = f"localhost:5000/base@{_digest('base-scoped')}"
+    _add_references(engine, {digest_ref: image})
+
+    the_plan, result = library_prune(engine.host, greedy_policy(repos=("app/*",)))
+
+    [kept] = [o for o in the_plan.kept if o.id == image]
+    assert kept.reason.startswith("out of scope: also referenced as localhost:5000/base@"), kept.reason
+    inspect = _inspect(engine, image)
+    assert inspect["RepoTags"] == ["app/local:1"] and inspect["RepoDigests"] == [digest_ref]
+    assert result.ok, result
+
+
+def test_an_exclusion_matching_a_digest_reference_protects_the_image(engine_factory):
+    from tests.reliability.support import greedy_policy
+
+    engine = engine_factory()
+    image = fixtures.import_image(engine, 1000, "app/pinned:1")
+    _add_references(engine, {f"keep/mirror@{_digest('mirror')}": image})
+
+    the_plan, result = library_prune(engine.host, greedy_policy())  # excludes keep/*
+
+    [kept] = [o for o in the_plan.kept if o.id == image]
+    assert kept.reason.startswith("excluded: keep/mirror@sha256:"), kept.reason
+    assert image in inventory(engine).images and result.ok

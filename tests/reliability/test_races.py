@@ -8,6 +8,7 @@ and the engine's own refusals stand between a running build and a wrong deletion
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from contextlib import closing
@@ -438,3 +439,45 @@ def test_a_tag_moved_away_after_its_untag_is_not_reported(proxy, clean_engine):
     assert outcome.outcome is Outcome.DELETED, outcome
     assert "race/three:a" in _tags(engine, other)
     assert result.ok and result.unplanned == (), result
+
+
+def test_a_stopped_container_that_ran_again_since_the_plan_is_kept(clean_engine):
+    """The plan judged the container by its finish time (perhaps a remembered one); it ran
+    and stopped again before the deletion. The re-check reads the finish time afresh: the
+    container is no longer as old as the plan thought, and stays."""
+    engine = clean_engine
+    image = fixtures.busybox_image(engine, "race/box:1")
+    stopped = fixtures.run_container(engine, image, state="exited")
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
+    assert stopped in {o.id for o in the_plan.deletions}
+
+    with closing(engine.client()) as client:
+        container = client.containers.get(stopped)
+        container.start()
+        container.wait(timeout=60)
+    result = Executor(sparkjoy, audit=True, wait=lambda s: None).execute(the_plan)
+
+    [outcome] = [r for r in result.results if r.planned.id == stopped]
+    assert outcome.outcome is Outcome.KEPT and "ran again" in outcome.detail, outcome
+    assert stopped in inventory(engine).containers
+
+
+def test_events_that_cannot_tell_whether_a_tag_moved_are_said_so(proxy, clean_engine):
+    """The engine keeps its last 256 events: an answer that long may have lost the ones that
+    matter. The deletion stands, and its result says the check could not be made."""
+    engine = clean_engine
+    image = fixtures.import_image(engine, 1000, ["race/full:a", "race/full:b"])
+    full = [{"Type": "container", "Action": "start", "Actor": {"ID": f"{n:064x}"}, "time": 1, "timeNano": n}
+            for n in range(256)]
+    stream = "".join(json.dumps(event) + "\n" for event in full)  # the engine's form: one object a line
+    proxy.add(Rule("GET", r"^/events$", respond(200, stream), name="a full event buffer"))
+
+    snapshot = adapter(engine.host).snapshot()
+    result = Executor(adapter(proxy.host), audit=True, wait=lambda s: None).execute(
+        make_plan(snapshot, greedy_policy(), now=snapshot.taken_at))
+
+    [outcome] = [r for r in result.results if r.planned.id == image]
+    assert outcome.outcome is Outcome.DELETED, outcome
+    assert "is not known" in outcome.detail and "as many as the engine keeps" in outcome.detail, outcome.detail

@@ -150,3 +150,59 @@ def test_under_repo_a_classic_builds_step_images_stay_and_nothing_they_hold_is_p
     # The last step's layer is the image's own: that, and only that, is freed.
     assert 100_000 <= planned.bytes < 200_000, planned.bytes
     assert result.reclaimed_bytes == planned.bytes, (planned.bytes, result.reclaimed_bytes)
+
+
+def test_under_repo_a_base_of_two_tags_whose_child_leaves_step_images_stays_whole(clean_engine):
+    """Under --repo 'myorg/*' both myorg/base (two tags) and its classic child myorg/app:1 are
+    old. The child's step images stay (untagged: outside the scope), and they are children of
+    the base: the engine would refuse the base's deletion after its first tag went by name.
+    The plan keeps the base, whole."""
+    engine = clean_engine
+    base = fixtures.build(engine, fixtures.BUSYBOX_BASE, "myorg/base:1", buildkit=False)
+    _tag(engine, base, "myorg/base:latest")
+    child = fixtures.build(engine, "FROM myorg/base:1\n" + STEPS, "myorg/app:1", buildkit=False)
+
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, greedy_policy(repos=("myorg/*",)), now=snapshot.taken_at)
+    [kept] = [o for o in the_plan.kept if o.id == base]
+    assert "step images" in kept.reason, kept.reason
+    result = Executor(sparkjoy, audit=True).execute(the_plan)
+
+    assert result.ok, result
+    assert not _exists(engine, child)
+    with closing(engine.client()) as client:
+        assert sorted(client.api.inspect_image(base)["RepoTags"]) == ["myorg/base:1", "myorg/base:latest"]
+
+
+def test_a_step_image_that_stays_keeps_the_base_of_its_child_whole(proxy, clean_engine):
+    """Unscoped, the step images go after their image; when one stays (here: tagged just
+    before the walk reaches it), the base has a child still, and the run must not untag it."""
+    engine = clean_engine
+    base = fixtures.build(engine, fixtures.BUSYBOX_BASE, "myorg/base:1", buildkit=False)
+    _tag(engine, base, "myorg/base:latest")
+    before = _all_images(engine)
+    child = fixtures.build(engine, "FROM myorg/base:1\n" + STEPS, "myorg/app:1", buildkit=False)
+    steps = sorted(_all_images(engine) - before - {child})
+
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
+    [planned] = [o for o in the_plan.deletions if o.id == child]
+    assert base in {o.id for o in the_plan.deletions} and planned.hidden_parents
+
+    def tag_the_step(request):
+        _tag(engine, planned.hidden_parents[0], "someone/kept:1")
+
+    # The child's deletion by ID is the run's first DELETE; the step is tagged as it goes.
+    proxy.add(Rule("DELETE", r"^/images/", hook(tag_the_step, name="a step image tagged"), nth=1))
+    result = Executor(adapter(proxy.host), audit=True, wait=lambda s: None).execute(the_plan)
+
+    [outcome] = [r for r in result.results if r.planned.id == child]
+    assert outcome.outcome is Outcome.DELETED and "has a name now" in outcome.detail, outcome
+    [base_outcome] = [r for r in result.results if r.planned.id == base]
+    assert base_outcome.outcome is Outcome.KEPT, base_outcome
+    with closing(engine.client()) as client:
+        assert sorted(client.api.inspect_image(base)["RepoTags"]) == ["myorg/base:1", "myorg/base:latest"]
+        assert client.api.inspect_image(planned.hidden_parents[0])["RepoTags"] == ["someone/kept:1"]
+    assert steps

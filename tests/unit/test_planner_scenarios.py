@@ -767,3 +767,20 @@ def test_under_repo_a_deleted_image_leaves_its_step_images_and_frees_only_what_t
     [planned] = [o for o in the_plan.deletions if o.id == "child"]
     assert planned.hidden_parents == ()
     assert planned.bytes == 20  # the nearest step image keeps "base" and "one"
+
+
+def test_under_repo_the_base_of_an_image_whose_step_images_stay_is_kept_whole() -> None:
+    base, child = _classic_child()
+    base = replace(base, repo_tags=("app/base:1", "app/base:latest"))
+    the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0,
+                                                           repos=("app/*",)), now=NOW)
+    assert {o.id for o in the_plan.deletions} == {"child"}
+    [kept] = [o for o in the_plan.kept if o.id == "base"]
+    assert kept.reason == "parent of the untagged step images of app/c:1, which stay (untagged, so outside the scope)"
+
+
+def test_unscoped_the_base_of_an_image_with_step_images_goes_too() -> None:
+    base, child = _classic_child()
+    base = replace(base, repo_tags=("app/base:1",))
+    the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0), now=NOW)
+    assert {o.id for o in the_plan.deletions} == {"child", "base"}

@@ -166,3 +166,22 @@ def test_the_repo_globs_that_match_no_repository_are_named() -> None:
     assert policy.unmatched_repos(["shop/web", "shop/worker", "base"]) == ("shop", "[", "other/web")
     assert Policy(repos=("shop/*",)).unmatched_repos(["shop/web"]) == ()
     assert Policy().unmatched_repos([]) == ()
+
+
+def test_a_digest_of_a_repository_outside_repo_puts_the_image_out_of_scope() -> None:
+    from sparkjoy.model import Image
+
+    policy = Policy(repos=("app/*",))
+    inside = Image("i", ("app/x:1",), None, None, 0, 0, repo_digests=("app/x@sha256:" + "1" * 64,))
+    outside = Image("o", ("app/x:2",), None, None, 0, 0, repo_digests=("reg:5000/mirror@sha256:" + "2" * 64,))
+    assert policy.image_in_scope(inside) is None
+    assert policy.image_in_scope(outside) == (
+        "out of scope: also referenced as reg:5000/mirror@sha256:" + "2" * 64 + ", outside --repo app/*")
+
+
+def test_an_exclusion_matches_a_digest_reference_too() -> None:
+    from sparkjoy.model import Image
+
+    image = Image("i", ("app/x:1",), None, None, 0, 0, repo_digests=("keep/mirror@sha256:" + "3" * 64,))
+    assert Policy(exclude=("keep/*",)).excluded_by(image) == ("keep/*", "keep/mirror@sha256:" + "3" * 64)
+    assert Policy(exclude=("other/*",)).excluded_by(image) is None

@@ -253,8 +253,11 @@ class DockerEngine:
         them (None when the engine's clock is unknown: then they must not be used)."""
         known = self._remembered or {}
         inspects = {i.id: known[i.id] for i in snapshot.images if isinstance(known.get(i.id), dict)}
-        # A stopped container's too: its finish time changes only with events that name it.
-        inspects.update((c.id, known[c.id]) for c in snapshot.containers if isinstance(known.get(c.id), dict))
+        # A stopped container's too: its finish time changes only with events that name it. Only
+        # with an anchor (the newest event read): without one, the next run cannot tell a
+        # restart that lost the events (and the executor's re-check reads the finish time anyway).
+        if self._anchor is not None:
+            inspects.update((c.id, known[c.id]) for c in snapshot.containers if isinstance(known.get(c.id), dict))
         clock = self._snapshot_engine_time
         return inspects, (EventMark(clock, self._anchor, self._engine_identity) if clock is not None else None)
 
@@ -322,7 +325,11 @@ class DockerEngine:
         if until is None:
             raise EngineError("read the engine's clock (GET /info)", None, "the engine did not say its time")
         found: dict[str, set[str]] = {}
-        for event in self._events_between(until - int(within_s * 1e9), until):
+        events = self._events_between(until - int(within_s * 1e9), until)
+        if len(events) >= EVENT_BUFFER:
+            raise EngineError("read the events of the run (GET /events)", None,
+                              f"{len(events)} events, as many as the engine keeps: older ones may be lost")
+        for event in events:
             if not (isinstance(event, dict) and event.get("Type") == "image" and event.get("Action") == "tag"):
                 continue
             actor = event.get("Actor")
