@@ -125,6 +125,12 @@ class Reporter(Protocol):
 
 BUSY_RETRIES = 5
 DELETE_WORKERS = 8
+# Images in one batch at most. A batch's results are reported (``-v`` prints them) and a stop
+# request is honoured only as whole batches end, and the check for tags moved in the race
+# window reads the batch's events from the engine's buffer of its last 256: a batch of every
+# image in the plan (thousands) showed no progress until the end, let Ctrl-C through only
+# after the last deletion, and could outrun that buffer. Twice the workers keeps them busy.
+DELETE_BATCH = 2 * DELETE_WORKERS
 
 
 @dataclass
@@ -140,6 +146,8 @@ class Executor:
     # Images deleted at once (the engine's own work per image is mostly file removal, which
     # overlaps well): about twice as fast as one at a time on 2 cores. 1: strictly in order.
     workers: int = DELETE_WORKERS
+    # Images in one batch at most (see DELETE_BATCH).
+    batch_size: int = DELETE_BATCH
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _stop_reason: str = field(default="", init=False, repr=False, compare=False)
     # Image id -> the snapshot's images built on it; and the images this run deleted (or found
@@ -267,8 +275,9 @@ class Executor:
     def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
         """Given the plan, return its deletions in order, in batches that may run at once.
 
-        Images go ``workers`` at a time; a batch ends before an image whose child is in it, so
-        children are gone before their parents, as the plan orders them. Containers go before
+        Images go ``batch_size`` at most to a batch, ``workers`` of them at a time; a batch ends
+        before an image whose child is in it, so children are gone before their parents, as the
+        plan orders them. Containers go before
         any image (they pin images), build cache one record at a time (the engine runs one
         prune at a time), volumes last: one object per batch.
         """
@@ -278,7 +287,7 @@ class Executor:
         parents_of_current: set[str] = set()
         for planned in plan.deletions:
             parallel = planned.kind is Kind.IMAGE and self.workers > 1
-            if current and (not parallel or planned.id in parents_of_current):
+            if current and (not parallel or planned.id in parents_of_current or len(current) >= self.batch_size):
                 batches.append(current)
                 current, parents_of_current = [], set()
             if not parallel:

@@ -9,19 +9,25 @@ test, so tests that unset DOCKER_HOST always give --host or a docker context ins
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import threading
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from sparkjoy.executor import DELETE_BATCH
 from tests.engine import IsolatedEngine
+from tests.faultproxy import FaultProxy, Rule, hook
+from tests.faultproxy import FaultProxy, Rule, hook
 from tests.fixtures import BUSYBOX_BASE, DOCKER_CLI, build, busybox_image, import_image, run_container
 from tests.integration.support import inventory
 
@@ -422,21 +428,37 @@ def test_a_deletion_the_engine_fails_makes_a_partial_failure_exit_1(env: Env, me
 def test_ctrl_c_during_a_prune_finishes_the_object_in_progress_and_stops(env: Env, clean_engine) -> None:
     """Ctrl-C while deleting: the object in hand is finished (an image never keeps half its
     tags), the rest is reported as not attempted, and the run exits 1 (stopped early)."""
+    # Two batches and more: -v reports a batch's objects as it ends, and the signal comes then.
     images = {import_image(clean_engine, 10_000, [f"sjt/many:{n}", f"sjt/also:{n}"]): {f"sjt/many:{n}",
                                                                                       f"sjt/also:{n}"}
-              for n in range(30)}
-    process = subprocess.Popen([str(SPARKJOY), *audited(["prune", "-f", "-v", *EVERYTHING_OLD]), "--host",
-                                env.engine.host],
-                               env=env.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        first = process.stderr.readline()  # -v reports each object as it is done
-        assert first.startswith("deleted: image"), first
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
+              for n in range(2 * DELETE_BATCH + 6)}
+    # The run must still be deleting when the Ctrl-C comes, however fast the engine or slow the
+    # test: through a proxy, the first batch's images go, and every later image's last step (its
+    # delete by ID) waits until the signal was sent. Without the gate a busy machine let the
+    # whole run end first (exit 0, nothing left to stop).
+    signalled = threading.Event()
+    passed = itertools.count(1)
+
+    def hold_after_the_first_batch(request) -> None:
+        if next(passed) > DELETE_BATCH:
+            signalled.wait(120)
+
+    with FaultProxy(clean_engine.socket_path) as proxy:
+        proxy.add(Rule("DELETE", r"^/images/sha256:", hook(hold_after_the_first_batch, name="gated")))
+        process = subprocess.Popen([str(SPARKJOY), *audited(["prune", "-f", "-v", *EVERYTHING_OLD]), "--host",
+                                    proxy.host],
+                                   env=env.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            first = process.stderr.readline()  # -v reports each object as its batch ends
+            assert first.startswith("deleted: image"), first
+            process.send_signal(signal.SIGINT)
+            signalled.set()
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            signalled.set()
+            if process.poll() is None:
+                process.kill()
     done = expect(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), 1)
     assert "Stopped early" in done.stdout and "not attempted" in done.stdout, done.stdout
     with closing(clean_engine.client()) as client:

@@ -11,7 +11,7 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkjoy.executor import Executor
+from sparkjoy.executor import DELETE_BATCH, Executor
 from sparkjoy.model import Kind
 from sparkjoy.planner import plan
 from sparkjoy.policy import Policy
@@ -38,10 +38,10 @@ def families(draw):
 
 
 @settings(max_examples=500, deadline=None)
-@given(families(), st.integers(1, 9))
-def test_batches_keep_plan_order_and_never_hold_an_image_with_its_parent(snap, workers) -> None:
+@given(families(), st.integers(1, 9), st.integers(1, 20))
+def test_batches_keep_plan_order_and_never_hold_an_image_with_its_parent(snap, workers, batch_size) -> None:
     the_plan = plan(snap, EVERYTHING_OLD, now=NOW)
-    batches = Executor(engine=None, workers=workers)._batches(the_plan)  # type: ignore[arg-type]
+    batches = Executor(engine=None, workers=workers, batch_size=batch_size)._batches(the_plan)  # type: ignore[arg-type]
 
     assert [p for batch in batches for p in batch] == list(the_plan.deletions)
     parent_of = {i.id: i.parent_id for i in snap.images}
@@ -49,6 +49,7 @@ def test_batches_keep_plan_order_and_never_hold_an_image_with_its_parent(snap, w
     for batch in batches:
         assert len(batch) == 1 or all(p.kind is Kind.IMAGE for p in batch), "only images go at once"
         assert workers > 1 or len(batch) == 1
+        assert len(batch) <= batch_size
         ids = {p.id for p in batch}
         for planned in batch:
             if planned.kind is Kind.IMAGE:
@@ -68,3 +69,11 @@ def test_independent_images_go_in_one_batch_and_a_chain_one_link_at_a_time() -> 
     position = {object_id: n for n, batch in enumerate(as_ids) for object_id in batch}
     assert position["sha256:top"] < position["sha256:mid"] < position["sha256:base"]
     assert len(as_ids) == 3, as_ids
+
+
+def test_many_independent_images_go_in_batches_of_at_most_the_batch_size() -> None:
+    """A batch's results are reported, and a Ctrl-C honoured, only as it ends: 40 images are not
+    one batch (they were: -v showed nothing until the last deletion, and Ctrl-C came too late)."""
+    snap = snapshot(images=[image(f"sha256:solo{n:02}", f"solo:{n}", tagged=ago(days=1)) for n in range(40)])
+    batches = Executor(engine=None, workers=8)._batches(plan(snap, EVERYTHING_OLD, now=NOW))  # type: ignore[arg-type]
+    assert [len(batch) for batch in batches] == [DELETE_BATCH, DELETE_BATCH, 40 - 2 * DELETE_BATCH]
