@@ -271,7 +271,7 @@ class _Planner:
         # deletion before it. Kept objects free nothing (their bytes stay 0).
         objects = containers + images + cache + volumes
         deleted = [o for o in objects if o.decision is Decision.DELETE]
-        deletion_order = [(o.kind, o.id) for o in deleted]
+        deletion_order = list(map(attrgetter("kind", "id"), deleted))  # (kind, id) each, made in C
         freed = self.bytes_ledger(ledger).freed(deletion_order)
         by_object = freed.by_object
         # by_object lists each deletion once, in deletion order: unless a key came twice, its
@@ -515,11 +515,21 @@ class _Planner:
         made: dict[str, _Unfrozen] = {}
         by_depth: dict[int, list[_Unfrozen]] = defaultdict(list)
         kept_parents = []
+        # Unscoped with build-cache pruning on (the common case), a record that is not in use
+        # and has a last-use time is decided by its age alone: decide_record's answer, asked
+        # here without a call per record.
+        by_age_alone = not self._scoped and self.policy.build_cache
+        decide_by_age = self.decide_by_age
+        kind, keep = Kind.BUILD_CACHE, Decision.KEEP
         for record_id, r in records.items():
-            names = (f"{r.type}: {r.description}" if r.description else r.type,)
-            made[record_id] = o = _Unfrozen(
-                Kind.BUILD_CACHE, record_id, names, decide(r, holding.get(record_id)), r.size
-            )
+            description = r.description
+            names = (f"{r.type}: {description}" if description else r.type,)
+            last_used = r.last_used
+            if by_age_alone and last_used is not None and not r.in_use:
+                decided = decide_by_age("last used", last_used, "unused")
+            else:
+                decided = decide(r, holding.get(record_id))
+            made[record_id] = o = _Unfrozen(kind, record_id, names, decided, r.size)
             parent = r.parent
             parent_depth = depths.get(parent)
             if parent_depth is not None and parent != record_id:  # a parent listed first: known already
@@ -527,7 +537,7 @@ class _Planner:
             else:
                 level = depth(r)
             by_depth[level].append(o)
-            if parent and o.decision is Decision.KEEP:
+            if parent and o.decision is keep:
                 kept_parents.append(parent)
 
         # A record with a child that stays cannot be freed: BuildKit keeps parents of live

@@ -195,8 +195,14 @@ class LayerLedger:
                 self._image_holders.append(len(images) + len(hidden))
 
         cache_kind = Kind.BUILD_CACHE
-        for record in snapshot.build_cache:
-            if record.size > 0 and not record.shared:
+        # Made apart and merged (no defaultdict look-up per record); the engine lists a record
+        # once, and should it list one twice, the plain sum below counts it as before.
+        unshared = [r for r in snapshot.build_cache if r.size > 0 and not r.shared]
+        cache_own = {(cache_kind, r.id): r.size for r in unshared}
+        if len(cache_own) == len(unshared):
+            own.update(cache_own)
+        else:
+            for record in unshared:
                 own[(cache_kind, record.id)] += record.size
             # A shared record without a matching layer shares its bytes with something we
             # cannot see: deleting it is predicted to free nothing.
@@ -213,7 +219,7 @@ class LayerLedger:
                                                          held_with_cache)
         # An image all of whose layers turned out shared holds nothing alone.
         for key in taken_back:
-            if key in own and not own[key]:
+            if not own.get(key, 1):
                 del own[key]
         self._own = dict(own)
 
