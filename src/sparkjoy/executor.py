@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from .engine.base import Engine, ImageState
 from .errors import EngineBusy, EngineConflict, EngineError, EngineNotFound, EngineUnreachable
@@ -154,8 +155,10 @@ class Executor:
     # gone). Written between batches only (a batch never holds an image and its child).
     _children: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
-    # (planned image id, tag) for each tag this run removed by name (see _moved_tags).
-    _by_name: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False, compare=False)
+    # Planned image id -> the tags this run removed from it by name (see _moved_tags); and the
+    # moment each object's attempt started (a batch's events are read from its first).
+    _by_name: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _started: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     # Images whose untagged step images did not all go (see _hidden_parents): their listed
     # parent still has children, so it is not free to go either.
     _steps_left: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
@@ -179,6 +182,7 @@ class Executor:
         measured = not stopped_early
         self._stop_reason = stopped_early
         self._children, self._gone_images, self._steps_left = {}, set(), set()
+        self._by_name, self._started = {}, {}
         self._digests = {i.id: frozenset(i.repo_digests) for i in plan.snapshot.images if i.repo_digests}
         for image in plan.snapshot.images:
             if image.parent_id:
@@ -187,28 +191,32 @@ class Executor:
         removed_containers: set[str] = set()
         pool: ThreadPoolExecutor | None = None
         try:
-            for batch in self._batches(plan):
-                self._by_name = []
-                started = time.monotonic()
-                if len(batch) == 1:
-                    done = [self._attempt(batch[0], removed_containers)]
+            for group in self._groups(plan):
+                in_order: Iterator[ObjectResult]
+                if len(group) == 1:
+                    in_order = iter([self._attempt(group[0], removed_containers)])
                 else:
+                    # The whole group goes to the workers at once, so they are never idle
+                    # between batches; its results are taken in plan order, a batch at a time.
                     pool = pool or ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delete")
-                    futures = [pool.submit(self._attempt, planned, removed_containers) for planned in batch]
-                    done = [future.result() for future in futures]  # reported in plan order
-                # Checked per batch, before its results are reported: a batch's events fit in
-                # the engine's buffer of its last 256, a whole run's may not.
-                if self._by_name and not self._stop_reason.startswith("engine unreachable"):
-                    done = self._moved_tags(done, time.monotonic() - started)
-                for result in done:
-                    if result.outcome is Outcome.DELETED and result.planned.kind is Kind.CONTAINER:
-                        removed_containers.add(result.planned.id)
-                    if (result.outcome in (Outcome.DELETED, Outcome.GONE) and result.planned.kind is Kind.IMAGE
-                            and result.planned.id not in self._steps_left):
-                        self._gone_images.add(result.planned.id)
-                    results.append(result)
-                    if self.reporter:
-                        self.reporter.object_done(result)
+                    futures = [pool.submit(self._attempt, planned, removed_containers) for planned in group]
+                    in_order = (future.result() for future in futures)
+                while done := list(islice(in_order, self.batch_size)):
+                    # Checked per batch, before its results are reported: a batch's events fit
+                    # in the engine's buffer of its last 256, a whole run's may not.
+                    by_name = self._untagged_by_name({r.planned.id for r in done})
+                    if by_name and not self._stop_reason.startswith("engine unreachable"):
+                        elapsed = time.monotonic() - min(self._started[r.planned.id] for r in done)
+                        done = self._moved_tags(done, by_name, elapsed)
+                    for result in done:
+                        if result.outcome is Outcome.DELETED and result.planned.kind is Kind.CONTAINER:
+                            removed_containers.add(result.planned.id)
+                        if (result.outcome in (Outcome.DELETED, Outcome.GONE) and result.planned.kind is Kind.IMAGE
+                                and result.planned.id not in self._steps_left):
+                            self._gone_images.add(result.planned.id)
+                        results.append(result)
+                        if self.reporter:
+                            self.reporter.object_done(result)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -233,24 +241,30 @@ class Executor:
 
     # -- one object ---------------------------------------------------------------------
 
-    def _moved_tags(self, results: list[ObjectResult], elapsed_s: float) -> list[ObjectResult]:
+    def _untagged_by_name(self, planned_ids: set[str]) -> list[tuple[str, str]]:
+        """Given the planned ids of a batch, return (planned id, tag) for each tag the run removed
+        from them by name."""
+        return [(i, tag) for i in sorted(planned_ids) for tag in self._by_name.get(i, ())]
+
+    def _moved_tags(self, results: list[ObjectResult], by_name: list[tuple[str, str]],
+                    elapsed_s: float) -> list[ObjectResult]:
         """A tag before an image's last is removed by name, and one moved to another image in
         the instant before is removed from that image instead: the engine's answer reads the
         same, and only its events tell (one read for the run, when it untagged by name). Such a
         tag, put on another image during the run and not on it now, was removed beyond the plan,
         and is no removed tag of the planned image. An image the untag deleted is named already
         (``_untag_and_delete``); events that cannot be read are said so in those results' detail."""
-        untagged = {tag for _, tag in self._by_name}
+        untagged = {tag for _, tag in by_name}
         try:
             put = self.engine.tags_put(untagged, elapsed_s + MOVED_TAG_MARGIN_S)
         except (EngineError, EngineUnreachable) as error:
             # Not checked is not "nothing moved": the results that untagged by name say so.
-            unchecked = {image_id for image_id, _ in self._by_name}
+            unchecked = {image_id for image_id, _ in by_name}
             note = f"whether a tag moved to another image just before its untag is not known: {error}"
             return [replace(r, detail=f"{r.detail}; {note}" if r.detail else note)
                     if r.planned.id in unchecked else r for r in results]
         lost: dict[str, list[tuple[str, str]]] = {}  # planned image id -> (tag, what happened to it)
-        for image_id, tag in self._by_name:
+        for image_id, tag in by_name:
             for other in sorted(put.get(tag, set()) - {image_id}):
                 try:
                     now = self.engine.image_state(other)
@@ -272,37 +286,43 @@ class Executor:
             fixed.append(result)
         return fixed
 
-    def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
-        """Given the plan, return its deletions in order, in batches that may run at once.
+    def _groups(self, plan: Plan) -> list[list[PlannedObject]]:
+        """Given the plan, return its deletions in order, in groups whose objects may run at once.
 
-        Images go ``batch_size`` at most to a batch, ``workers`` of them at a time; a batch ends
-        before an image whose child is in it, so children are gone before their parents, as the
-        plan orders them. Containers go before
+        Images go ``workers`` at a time; a group ends before an image whose child is in it, so
+        children are gone before their parents, as the plan orders them. Containers go before
         any image (they pin images), build cache one record at a time (the engine runs one
-        prune at a time), volumes last: one object per batch.
+        prune at a time), volumes last: one object per group.
         """
         parent_of = {image.id: image.parent_id for image in plan.snapshot.images if image.parent_id}
-        batches: list[list[PlannedObject]] = []
+        groups: list[list[PlannedObject]] = []
         current: list[PlannedObject] = []
         parents_of_current: set[str] = set()
         for planned in plan.deletions:
             parallel = planned.kind is Kind.IMAGE and self.workers > 1
-            if current and (not parallel or planned.id in parents_of_current or len(current) >= self.batch_size):
-                batches.append(current)
+            if current and (not parallel or planned.id in parents_of_current):
+                groups.append(current)
                 current, parents_of_current = [], set()
             if not parallel:
-                batches.append([planned])
+                groups.append([planned])
                 continue
             current.append(planned)
             if planned.id in parent_of:
                 parents_of_current.add(parent_of[planned.id])
         if current:
-            batches.append(current)
-        return batches
+            groups.append(current)
+        return groups
+
+    def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
+        """Given the plan, return its groups (``_groups``) cut into batches of ``batch_size`` at
+        most: the units whose results are checked for moved tags and reported together."""
+        return [group[start:start + self.batch_size] for group in self._groups(plan)
+                for start in range(0, len(group), self.batch_size)]
 
     def _attempt(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
         """Delete one object unless the run has stopped; never raises. Runs in a worker thread
         for images: the run's stop reason is shared, under a lock."""
+        self._started[planned.id] = time.monotonic()
         with self._lock:
             if not self._stop_reason and self.should_stop():
                 self._stop_reason = "shutdown requested"
@@ -508,7 +528,8 @@ class Executor:
                                         "untagging it", tuple(removed), tuple(unplanned))
             (removed if is_tag else dropped).append(reference)
             if is_tag:
-                self._by_name.append((planned.id, reference))  # list.append: safe across the workers
+                # One worker per planned image: its list is its own; setdefault is atomic.
+                self._by_name.setdefault(planned.id, []).append(reference)
             if _deleted(answer, planned.id):  # its other references went since the re-check
                 return ObjectResult(planned, Outcome.DELETED, "", tuple(removed), tuple(unplanned))
             # The image keeps its last tag, so this untag deleted no layer of it: anything the

@@ -9,7 +9,6 @@ test, so tests that unset DOCKER_HOST always give --host or a docker context ins
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -433,14 +432,18 @@ def test_ctrl_c_during_a_prune_finishes_the_object_in_progress_and_stops(env: En
                                                                                       f"sjt/also:{n}"}
               for n in range(2 * DELETE_BATCH + 6)}
     # The run must still be deleting when the Ctrl-C comes, however fast the engine or slow the
-    # test: through a proxy, the first batch's images go, and every later image's last step (its
-    # delete by ID) waits until the signal was sent. Without the gate a busy machine let the
-    # whole run end first (exit 0, nothing left to stop).
+    # test: through a proxy, the first batch's images (in the plan's order, as the dry run shows
+    # it) go, and every later image's last step (its delete by ID) waits until the signal was
+    # sent. Without the gate a busy machine let the whole run end first (exit 0, nothing left
+    # to stop).
+    dry = one_json(sparkjoy(env, "prune", "--dry-run", "--format", "json", *EVERYTHING_OLD))
+    order = [o["id"] for o in dry["objects"] if o["kind"] == "image" and o["decision"] == "delete"]
+    assert set(order) == set(images)
+    first_batch = {f"/images/{image_id}" for image_id in order[:DELETE_BATCH]}
     signalled = threading.Event()
-    passed = itertools.count(1)
 
     def hold_after_the_first_batch(request) -> None:
-        if next(passed) > DELETE_BATCH:
+        if request.path not in first_batch:
             signalled.wait(120)
 
     with FaultProxy(clean_engine.socket_path) as proxy:
