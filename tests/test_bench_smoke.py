@@ -30,8 +30,14 @@ def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
         assert data["prune"]["same_deleted_set"], data["prune"]["deleted_counts"]
         assert data["prune"]["tools"]["sparkjoy"]["deleted_images"] > 0
         assert data["df"]["sparkjoy"]["first"]["runs"] == 1
-        # Where the time goes: the engine's CPU and the tool's, per trial.
-        assert data["prune"]["tools"]["docker"]["engine_cpu_seconds"]["median"] > 0
+        # Where the time goes: the engine's CPU and the tool's, per trial. The engine's is read
+        # in its clock ticks (10 ms): one tiny prune may take less than one (docker's did, and
+        # this failed), so each figure is only >= 0, and all of them together must show that
+        # the engine's CPU was read at all (0.0 is also what an unreadable /proc gives).
+        tools = data["prune"]["tools"].values()
+        assert all(t["engine_cpu_seconds"]["median"] >= 0 for t in tools)
+        assert sum(t["engine_cpu_seconds"]["median"] for t in tools) + data["df"]["sparkjoy"]["first_engine_cpu"][
+            "median"] + data["df"]["docker"]["first_engine_cpu"]["median"] > 0
         assert data["df"]["sparkjoy"]["first_client_cpu"]["median"] > 0
         assert data["api_calls"]["sparkjoy df"]["by_endpoint"]["GET /system/df"] == 1
         for scenario in data["bytes"].values():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Iterator, Protocol
@@ -152,7 +151,9 @@ class Executor:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _stop_reason: str = field(default="", init=False, repr=False, compare=False)
     # Image id -> the snapshot's images built on it; and the images this run deleted (or found
-    # gone). Written between batches only (a batch never holds an image and its child).
+    # gone). Written as results come in; a worker asks it only of its own image's children,
+    # which are in earlier groups (a group never holds an image and its child), and the next
+    # group starts only once every result of the one before is in.
     _children: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _gone_images: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
     # Planned image id -> the tags this run removed from it by name (see _moved_tags); and the
@@ -192,20 +193,19 @@ class Executor:
         pool: ThreadPoolExecutor | None = None
         try:
             for group in self._groups(plan):
-                in_order: Iterator[ObjectResult]
+                batches = self._cut(group)
                 if len(group) == 1:
-                    in_order = iter([self._attempt(group[0], removed_containers)])
+                    taken: Iterator[list[ObjectResult]] = iter([[self._attempt(group[0], removed_containers)]])
                 else:
-                    # The whole group goes to the workers at once, so they are never idle
-                    # between batches; its results are taken in plan order, a batch at a time.
                     pool = pool or ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delete")
-                    futures = [pool.submit(self._attempt, planned, removed_containers) for planned in group]
-                    in_order = (future.result() for future in futures)
-                while done := list(islice(in_order, self.batch_size)):
+                    taken = self._run_ahead(pool, batches, removed_containers)
+                for done in taken:
                     # Checked per batch, before its results are reported: a batch's events fit
                     # in the engine's buffer of its last 256, a whole run's may not.
                     by_name = self._untagged_by_name({r.planned.id for r in done})
-                    if by_name and not self._stop_reason.startswith("engine unreachable"):
+                    if by_name and self._stop_reason.startswith("engine unreachable"):
+                        done = self._moved_tags_unknown(done, by_name, self._stop_reason)
+                    elif by_name:
                         elapsed = time.monotonic() - min(self._started[r.planned.id] for r in done)
                         done = self._moved_tags(done, by_name, elapsed)
                     for result in done:
@@ -241,10 +241,33 @@ class Executor:
 
     # -- one object ---------------------------------------------------------------------
 
+    def _run_ahead(self, pool: ThreadPoolExecutor, batches: list[list[PlannedObject]],
+                   removed_containers: set[str]) -> Iterator[list[ObjectResult]]:
+        """Given a group's batches, yield each batch's results in plan order while the workers
+        already delete the next batch, and no further: a batch's events, read once its results
+        are in, span two batches at most (the engine keeps its last 256), and the workers have
+        work while the batch before is checked and reported."""
+        submitted = [[pool.submit(self._attempt, planned, removed_containers) for planned in batch]
+                     for batch in batches[:2]]
+        for index in range(len(batches)):
+            yield [future.result() for future in submitted[index]]
+            if index + 2 < len(batches):  # once that batch is checked and reported
+                submitted.append([pool.submit(self._attempt, planned, removed_containers)
+                                  for planned in batches[index + 2]])
+
     def _untagged_by_name(self, planned_ids: set[str]) -> list[tuple[str, str]]:
         """Given the planned ids of a batch, return (planned id, tag) for each tag the run removed
         from them by name."""
         return [(i, tag) for i in sorted(planned_ids) for tag in self._by_name.get(i, ())]
+
+    @staticmethod
+    def _moved_tags_unknown(results: list[ObjectResult], by_name: list[tuple[str, str]],
+                            why: str) -> list[ObjectResult]:
+        """Not checked is not "nothing moved": the results that untagged by name say so."""
+        unchecked = {image_id for image_id, _ in by_name}
+        note = f"whether a tag moved to another image just before its untag is not known: {why}"
+        return [replace(r, detail=f"{r.detail}; {note}" if r.detail else note)
+                if r.planned.id in unchecked else r for r in results]
 
     def _moved_tags(self, results: list[ObjectResult], by_name: list[tuple[str, str]],
                     elapsed_s: float) -> list[ObjectResult]:
@@ -258,11 +281,7 @@ class Executor:
         try:
             put = self.engine.tags_put(untagged, elapsed_s + MOVED_TAG_MARGIN_S)
         except (EngineError, EngineUnreachable) as error:
-            # Not checked is not "nothing moved": the results that untagged by name say so.
-            unchecked = {image_id for image_id, _ in by_name}
-            note = f"whether a tag moved to another image just before its untag is not known: {error}"
-            return [replace(r, detail=f"{r.detail}; {note}" if r.detail else note)
-                    if r.planned.id in unchecked else r for r in results]
+            return self._moved_tags_unknown(results, by_name, str(error))
         lost: dict[str, list[tuple[str, str]]] = {}  # planned image id -> (tag, what happened to it)
         for image_id, tag in by_name:
             for other in sorted(put.get(tag, set()) - {image_id}):
@@ -314,10 +333,13 @@ class Executor:
         return groups
 
     def _batches(self, plan: Plan) -> list[list[PlannedObject]]:
-        """Given the plan, return its groups (``_groups``) cut into batches of ``batch_size`` at
-        most: the units whose results are checked for moved tags and reported together."""
-        return [group[start:start + self.batch_size] for group in self._groups(plan)
-                for start in range(0, len(group), self.batch_size)]
+        """Given the plan, return its groups (``_groups``) cut into batches (``_cut``)."""
+        return [batch for group in self._groups(plan) for batch in self._cut(group)]
+
+    def _cut(self, group: list[PlannedObject]) -> list[list[PlannedObject]]:
+        """Given a group, return it in batches of ``batch_size`` at most, in order: the units
+        whose results are checked for moved tags and reported together."""
+        return [group[start:start + self.batch_size] for start in range(0, len(group), self.batch_size)]
 
     def _attempt(self, planned: PlannedObject, removed_containers: set[str]) -> ObjectResult:
         """Delete one object unless the run has stopped; never raises. Runs in a worker thread

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import threading
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ import pytest
 
 from sparkjoy.executor import DELETE_BATCH
 from tests.engine import IsolatedEngine
-from tests.faultproxy import FaultProxy, Rule, hook
 from tests.faultproxy import FaultProxy, Rule, hook
 from tests.fixtures import BUSYBOX_BASE, DOCKER_CLI, build, busybox_image, import_image, run_container
 from tests.integration.support import inventory
