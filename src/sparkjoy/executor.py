@@ -125,11 +125,11 @@ class Reporter(Protocol):
 
 BUSY_RETRIES = 5
 DELETE_WORKERS = 8
-# Images in one batch at most. A batch's results are reported (``-v`` prints them) and a stop
-# request is honoured only as whole batches end, and the check for tags moved in the race
-# window reads the batch's events from the engine's buffer of its last 256: a batch of every
-# image in the plan (thousands) showed no progress until the end, let Ctrl-C through only
-# after the last deletion, and could outrun that buffer. Twice the workers keeps them busy.
+# Images in one batch at most: a batch's results are checked for tags moved in the race window
+# (its events, read from the engine's buffer of its last 256) and reported (``-v`` prints them)
+# together, while the workers delete the next batch (see Executor._run_ahead). One batch of every
+# image in the plan (thousands) showed no progress until the end, let Ctrl-C through only after
+# the last deletion, and could outrun that buffer. Twice the workers keeps them all busy.
 DELETE_BATCH = 2 * DELETE_WORKERS
 
 
