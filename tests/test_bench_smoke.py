@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.main import engine_cpu_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.engine
-def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
+def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path, engine) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.main", "--smoke", "--only", "w1,w2,w3", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -32,16 +34,15 @@ def test_the_benchmark_scripts_run_on_a_tiny_workload(tmp_path: Path) -> None:
         assert data["df"]["sparkjoy"]["first"]["runs"] == 1
         # Where the time goes: the engine's CPU and the tool's, per trial. The engine's is read
         # in its clock ticks (10 ms): one tiny prune may take less than one (docker's did, and
-        # this failed), so each figure is only >= 0, and all of them together must show that
-        # the engine's CPU was read at all (0.0 is also what an unreadable /proc gives).
-        tools = data["prune"]["tools"].values()
-        assert all(t["engine_cpu_seconds"]["median"] >= 0 for t in tools)
-        assert sum(t["engine_cpu_seconds"]["median"] for t in tools) + data["df"]["sparkjoy"]["first_engine_cpu"][
-            "median"] + data["df"]["docker"]["first_engine_cpu"]["median"] > 0
+        # this failed), so each figure here is only >= 0; that it is read at all is checked below.
+        assert all(t["engine_cpu_seconds"]["median"] >= 0 for t in data["prune"]["tools"].values())
         assert data["df"]["sparkjoy"]["first_client_cpu"]["median"] > 0
         assert data["api_calls"]["sparkjoy df"]["by_endpoint"]["GET /system/df"] == 1
         for scenario in data["bytes"].values():
             assert scenario["exit_code"] == 0, scenario
+    # The engine's CPU is read from /proc (0.0 when it cannot be): a dockerd that has started
+    # has used far more than a tick.
+    assert engine_cpu_seconds(engine) > 0
     scales = json.loads((tmp_path / "w3.json").read_text())["scales"]
     assert [s["images"] for s in scales] == [100, 300]
     report = (tmp_path / "benchmarks.md").read_text()
