@@ -273,7 +273,7 @@ class Executor:
                     elapsed_s: float) -> list[ObjectResult]:
         """A tag before an image's last is removed by name, and one moved to another image in
         the instant before is removed from that image instead: the engine's answer reads the
-        same, and only its events tell (one read for the run, when it untagged by name). Such a
+        same, and only its events tell (one read per batch that untagged by name). Such a
         tag, put on another image during the run and not on it now, was removed beyond the plan,
         and is no removed tag of the planned image. An image the untag deleted is named already
         (``_untag_and_delete``); events that cannot be read are said so in those results' detail."""

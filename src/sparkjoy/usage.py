@@ -195,8 +195,10 @@ class LayerLedger:
                 self._image_holders.append(len(images) + len(hidden))
 
         cache_kind = Kind.BUILD_CACHE
-        # Made apart and merged (no defaultdict look-up per record); the engine lists a record
-        # once, and should it list one twice, the plain sum below counts it as before.
+        # An unshared record's bytes are its own. (A shared record without a matching layer
+        # shares its bytes with something we cannot see: deleting it is predicted to free
+        # nothing.) Made apart and merged, with no defaultdict look-up per record; the engine
+        # lists a record once, and should it list one twice, the plain sum counts it as before.
         unshared = [r for r in snapshot.build_cache if r.size > 0 and not r.shared]
         cache_own = {(cache_kind, r.id): r.size for r in unshared}
         if len(cache_own) == len(unshared):
@@ -204,8 +206,6 @@ class LayerLedger:
         else:
             for record in unshared:
                 own[(cache_kind, record.id)] += record.size
-            # A shared record without a matching layer shares its bytes with something we
-            # cannot see: deleting it is predicted to free nothing.
         if opaque:
             taken_back += self._hold_with_unmatched_records(snapshot.build_cache, opaque, own)
         for container in snapshot.containers:

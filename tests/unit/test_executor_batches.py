@@ -124,7 +124,7 @@ class _LostAfterTheFirst:
 def test_a_batch_whose_moved_tags_go_unchecked_because_a_later_one_lost_the_engine_says_so() -> None:
     """Untags by name are checked for moved tags per batch; when the engine was lost by then
     (by a worker already on the next batch), the batch's results say the check was not made,
-    never read as checked (they did not: the check was skipped without a word)."""
+    never read as checked (the check was skipped without a word)."""
     snap = snapshot(images=[image(f"sha256:i{n}", f"app/i{n}:a", f"app/i{n}:b", tagged=ago(days=1, minutes=n))
                             for n in range(4)])
     the_plan = plan(snap, EVERYTHING_OLD, now=NOW)
