@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
+from itertools import count
 from operator import attrgetter
 from typing import Iterable, Mapping
 
@@ -489,30 +490,38 @@ class _Planner:
     # -- build cache ------------------------------------------------------------------
 
     def plan_build_cache(self, ledger: LayerLedger) -> list[_Unfrozen]:
-        records = {r.id: r for r in self.snapshot.build_cache}
+        listed = self.snapshot.build_cache
+        # record id -> its place in the listing: the one dictionary of this pass; the rest are
+        # lists by place (a look-up in a dictionary of 200,000 records is a trip to memory).
+        # A record listed twice: its last listing counts, at the place of its first.
+        index = dict(zip(map(attrgetter("id"), listed), count()))
+        if len(index) != len(listed):
+            listed = tuple({r.id: r for r in listed}.values())
+            index = dict(zip(map(attrgetter("id"), listed), count()))
+        parents = list(map(index.get, map(attrgetter("parent"), listed)))  # None: no parent listed
         # Which images a record holds matters only to a scope.
         holding = ledger.records_holding_images() if self._scoped else {}
         decide = self.decide_record
-        depths: dict[str, int] = {}
+        depths: list[int] = [-1] * len(listed)  # -1: not known yet
 
-        def depth(record: BuildCacheRecord) -> int:
+        def depth(place: int) -> int:
             # Walk up to the first ancestor whose depth is known, then remember the chain walked.
-            chain, seen, current = [record.id], {record.id}, record.parent
-            while current and current in records and current not in seen and current not in depths:
+            chain, seen, current = [place], {place}, parents[place]
+            while current is not None and current not in seen and depths[current] < 0:
                 chain.append(current)
                 seen.add(current)
-                current = records[current].parent
+                current = parents[current]
             if current in seen:  # a loop in the engine's answers: count the steps, remember nothing
                 return len(chain) - 1
-            top = depths[current] + 1 if current in depths else 0
-            for steps_below_top, record_id in enumerate(reversed(chain)):
-                depths[record_id] = top + steps_below_top
-            return depths[record.id]
+            top = depths[current] + 1 if current is not None else 0
+            for steps_below_top, walked in enumerate(reversed(chain)):
+                depths[walked] = top + steps_below_top
+            return depths[place]
 
         # One pass in listing order (the order the records sit in memory, and parents usually
         # first, so most depths are one step from a known one): decide each record, make its
         # object, and deal it into the list of its depth. A depth depends only on the chain.
-        made: dict[str, _Unfrozen] = {}
+        made: list[_Unfrozen] = []
         by_depth: dict[int, list[_Unfrozen]] = defaultdict(list)
         kept_parents = []
         # Unscoped with build-cache pruning on (the common case), a record that is not in use
@@ -521,23 +530,24 @@ class _Planner:
         by_age_alone = not self._scoped and self.policy.build_cache
         decide_by_age = self.decide_by_age
         kind, keep = Kind.BUILD_CACHE, Decision.KEEP
-        for record_id, r in records.items():
+        for place, r, parent in zip(count(), listed, parents):
             description = r.description
             names = (f"{r.type}: {description}" if description else r.type,)
             last_used = r.last_used
             if by_age_alone and last_used is not None and not r.in_use:
                 decided = decide_by_age("last used", last_used, "unused")
             else:
-                decided = decide(r, holding.get(record_id))
-            made[record_id] = o = _Unfrozen(kind, record_id, names, decided, r.size)
-            parent = r.parent
-            parent_depth = depths.get(parent)
-            if parent_depth is not None and parent != record_id:  # a parent listed first: known already
-                level = depths[record_id] = parent_depth + 1
+                decided = decide(r, holding.get(r.id))
+            o = _Unfrozen(kind, r.id, names, decided, r.size)
+            made.append(o)
+            if parent is None:
+                level = depths[place] = 0
+            elif depths[parent] >= 0:  # the parent's depth known already (most often: listed first)
+                level = depths[place] = depths[parent] + 1
             else:
-                level = depth(r)
+                level = depth(place)
             by_depth[level].append(o)
-            if parent and o.decision is keep:
+            if parent is not None and o.decision is keep:
                 kept_parents.append(parent)
 
         # A record with a child that stays cannot be freed: BuildKit keeps parents of live
@@ -545,18 +555,19 @@ class _Planner:
         # (The reason names no child, so the order of the walk changes nothing.)
         stack = kept_parents
         while stack:
-            o = made.get(stack.pop())
-            if o is not None and o.decision is Decision.DELETE:
+            place = stack.pop()
+            o = made[place]
+            if o.decision is Decision.DELETE:
                 o.decision, o.reason = Decision.KEEP, "parent of a cache record that stays"
-                if records[o.id].parent:
-                    stack.append(records[o.id].parent)
+                if parents[place] is not None:
+                    stack.append(parents[place])
 
         # Children before parents (deepest first), then by id: each depth's list sorted by id
         # (ids are unique here: the order of one sort on (-depth, id), without a tuple each).
         ordered: list[_Unfrozen] = []
         for level in sorted(by_depth, reverse=True):
             ordered += sorted(by_depth[level], key=attrgetter("id"))
-        self._records_made = made.values()
+        self._records_made = made
         return ordered
 
     def decide_record(

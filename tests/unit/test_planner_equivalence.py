@@ -20,7 +20,9 @@ from sparkjoy.planner import Decision, plan
 from sparkjoy.units import format_duration
 from sparkjoy.usage import Freed, LayerLedger, ObjectKey
 
-from .builders import NOW
+from sparkjoy.policy import Policy
+
+from .builders import NOW, record, snapshot
 from .test_planner_properties import object_keys, policies, snapshots
 
 SETTINGS = settings(
@@ -182,3 +184,44 @@ def test_an_age_of_days_is_worded_by_its_days_and_hours_alone(age) -> None:
     # The planner words the reason of an age of days once per (days, hours) and shares it
     # (planner.decide_by_age): this must hold for every age between 1 and 10,000 days.
     assert format_duration(age) == format_duration(timedelta(days=age.days, hours=age.seconds // 3600))
+
+
+@st.composite
+def tangled_cache(draw):
+    """Build-cache records whose parents point anywhere: later in the listing, at themselves, in
+    loops, at records not listed; some records listed twice (the engine should not, but may)."""
+    count = draw(st.integers(1, 12))
+    ids = [f"r{i}" for i in range(count)]
+    listed = []
+    for record_id in ids + draw(st.lists(st.sampled_from(ids), max_size=3)):
+        parent = draw(st.sampled_from(["", "gone", *ids]))
+        days = draw(st.integers(0, 20))
+        listed.append(record(record_id, parent=parent, last_used=NOW - timedelta(days=days, hours=1),
+                             in_use=draw(st.booleans()) and draw(st.booleans()), size=draw(st.integers(0, 9))))
+    order = draw(st.permutations(listed))
+    return snapshot(build_cache=order)
+
+
+@settings(max_examples=400, deadline=None)
+@given(tangled_cache(), st.integers(0, 20))
+def test_build_cache_in_any_tangle_is_ordered_by_depth_and_keeps_parents_of_what_stays(snap, max_days) -> None:
+    result = plan(snap, Policy(max_age=timedelta(days=max_days)), now=NOW)
+    records = {r.id: r for r in snap.build_cache}  # a record listed twice: its last listing counts
+    record_depth = depths({r.id: r.parent for r in records.values()})
+    planned = result.by_kind(Kind.BUILD_CACHE)
+    assert [o.id for o in planned] == sorted(records, key=lambda i: (-record_depth[i], i))
+
+    # Plainly: a record goes when it is old and not in use, and no record below it stays.
+    old = {i for i, r in records.items() if not r.in_use and NOW - r.last_used > timedelta(days=max_days)}
+    going = set(old)
+    changed = True
+    while changed:
+        changed = False
+        for record_id, r in records.items():
+            if record_id not in going and r.parent in going and r.parent != record_id:
+                going.discard(r.parent)
+                changed = True
+    assert {o.id for o in planned if o.decision is Decision.DELETE} == going
+    for o in planned:
+        if o.decision is Decision.KEEP and o.id in old:
+            assert o.reason == "parent of a cache record that stays"
