@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import count, repeat
+from operator import attrgetter
 from typing import Iterable, Sequence
 
 from .model import BuildCacheRecord, Image, Kind, Snapshot
@@ -98,8 +99,8 @@ class LayerLedger:
         self._holders: list[tuple[ObjectKey, ...]] = []
         # How many of each holding's holders are images: they come first, build-cache records after.
         self._image_holders: list[int] = []
-        own: dict[ObjectKey, int] = defaultdict(int)
-        image_keys: dict[str, ObjectKey] = {}  # one key tuple per image, shared by its holdings
+        # Bytes each object holds alone: the ledger keeps this very dict (no copy of it).
+        own: dict[ObjectKey, int] = {}
         # chain id -> its size, the chain id below it and the first image showing it (first
         # sighting wins), in the order first seen; and chain id -> the images showing it after
         # that one, for a layer shown more than once. One entry per layer at first sight, a list
@@ -114,10 +115,18 @@ class LayerLedger:
         unseen: list[tuple[ObjectKey, int]] = []
         opaque: list[ObjectKey] = []  # the images without layer detail with a unique part
 
-        for image in snapshot.images:
-            if image.id in image_keys:  # listed again: its first listing counts, once
-                continue
-            key = image_keys[image.id] = (image_kind, image.id)
+        # One key tuple per image, shared by its holdings, made in C; an image listed again: its
+        # first listing counts, once.
+        images = snapshot.images
+        ids = list(map(attrgetter("id"), images))
+        keys = list(zip(repeat(image_kind), ids))
+        listed: Iterable[tuple[Image, ObjectKey]] = zip(images, keys)
+        if len(dict.fromkeys(ids)) != len(ids):
+            firsts: dict[str, tuple[Image, ObjectKey]] = {}
+            for image, key in listed:
+                firsts.setdefault(image.id, (image, key))
+            listed = firsts.values()
+        for image, key in listed:
             if image.layers:
                 detailed.append(image)
                 # Each layer's bytes are first counted as the image's own, by the image that shows
@@ -139,7 +148,7 @@ class LayerLedger:
                             alone += size
                     previous = chain_id
                 if alone:
-                    own[key] += alone
+                    own[key] = alone
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
                 # part is this image's alone; the shared part is held by something else too, so
@@ -148,7 +157,7 @@ class LayerLedger:
                 # holds, so nothing is predicted.
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
-                    own[key] += unique
+                    own[key] = unique
                     opaque.append(key)
                 if image.shared_size != 0:
                     unseen.append((key, image.shared_size))
@@ -175,24 +184,42 @@ class LayerLedger:
         taken_back: list[ObjectKey] = []
         # image -> bytes of its layers that no other detailed image shows but build cache holds.
         held_with_cache: dict[ObjectKey, int] = {}
-        for chain_id in [*more, *(c for c in layer_records if c not in more)]:
+        sizes, holders, image_holders = self._sizes, self._holders, self._image_holders
+
+        def hidden(size: int) -> tuple[ObjectKey, ...]:
+            return tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
+
+        for chain_id, others in more.items():
             size, _, head = first[chain_id]
             if size <= 0:
                 continue
-            others = more.get(chain_id)
-            images = tuple(dict.fromkeys((head, *others))) if others else (head,)
+            showing = tuple(dict.fromkeys((head, *others)))
             records = tuple(layer_records.get(chain_id, ()))
-            if len(images) + len(records) > 1:  # (one holder: an image that lists the layer twice)
+            if len(showing) + len(records) > 1:  # (one holder: an image that lists the layer twice)
                 own[head] -= size
                 taken_back.append(head)
-                if len(images) == 1:
+                if len(showing) == 1:
                     held_with_cache[head] = held_with_cache.get(head, 0) + size
-                hidden = tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
-                if len(hidden) > _UNSEEN_HOLDERS_LIMIT:
-                    continue
-                self._sizes.append(size)
-                self._holders.append(images + hidden + records)
-                self._image_holders.append(len(images) + len(hidden))
+                also = hidden(size)
+                if len(also) <= _UNSEEN_HOLDERS_LIMIT:
+                    sizes.append(size)
+                    holders.append(showing + also + records)
+                    image_holders.append(len(showing) + len(also))
+        # The layers one image shows and build cache holds (most holdings, on a host that builds).
+        for chain_id, cached in layer_records.items():
+            if chain_id in more:
+                continue
+            size, _, head = first[chain_id]
+            if size <= 0:
+                continue
+            own[head] -= size
+            taken_back.append(head)
+            held_with_cache[head] = held_with_cache.get(head, 0) + size
+            also = hidden(size)
+            if len(also) <= _UNSEEN_HOLDERS_LIMIT:
+                sizes.append(size)
+                holders.append((head, *also, *cached))
+                image_holders.append(1 + len(also))
 
         cache_kind = Kind.BUILD_CACHE
         # An unshared record's bytes are its own. (A shared record without a matching layer
@@ -205,15 +232,15 @@ class LayerLedger:
             own.update(cache_own)
         else:
             for record in unshared:
-                own[(cache_kind, record.id)] += record.size
+                own[(cache_kind, record.id)] = own.get((cache_kind, record.id), 0) + record.size
         if opaque:
             taken_back += self._hold_with_unmatched_records(snapshot.build_cache, opaque, own)
         for container in snapshot.containers:
             if container.size_rw > 0:
-                own[(Kind.CONTAINER, container.id)] += container.size_rw
+                own[(Kind.CONTAINER, container.id)] = own.get((Kind.CONTAINER, container.id), 0) + container.size_rw
         for volume in snapshot.volumes:
             if volume.size > 0:
-                own[(Kind.VOLUME, volume.name)] += volume.size
+                own[(Kind.VOLUME, volume.name)] = own.get((Kind.VOLUME, volume.name), 0) + volume.size
         if unseen:
             taken_back += self._share_with_unseen_images(detailed, tuple(u for u, _ in unseen), own,
                                                          held_with_cache)
@@ -221,7 +248,7 @@ class LayerLedger:
         for key in taken_back:
             if not own.get(key, 1):
                 del own[key]
-        self._own = dict(own)
+        self._own = own
 
     def _hold_with_unmatched_records(
         self, records: Iterable[BuildCacheRecord], opaque: list[ObjectKey], own: dict[ObjectKey, int]
@@ -342,13 +369,27 @@ def _match_records(
     shared = {r.id: r for r in records if r.shared and r.size > 0}
     # Only a size some shared record has can match: index the layers of those sizes alone.
     wanted = {r.size for r in shared.values()}
-    by_size: dict[int, list[str]] = defaultdict(list)
+    # size -> the layer of that size; and for the sizes several layers have, all of them, sorted
+    # (no list for each of the many sizes one layer has).
+    one_of_size: dict[int, str] = {}
+    several: dict[int, list[str]] = {}
     for chain_id, (size, _, _) in layers.items():
         if size in wanted:
-            by_size[size].append(chain_id)
-    for candidates in by_size.values():
-        if len(candidates) > 1:
-            candidates.sort()
+            if size in one_of_size:
+                candidates = several.get(size)
+                if candidates is None:
+                    several[size] = [one_of_size[size], chain_id]
+                else:
+                    candidates.append(chain_id)
+            else:
+                one_of_size[size] = chain_id
+    for candidates in several.values():
+        candidates.sort()
+
+    def of_size(size: int) -> list[str]:
+        if size in several:
+            return several[size]
+        return [one_of_size[size]] if size in one_of_size else []
 
     matched: dict[str, str] = {}
     ambiguous: dict[str, tuple[str, ...]] = {}
@@ -359,7 +400,7 @@ def _match_records(
     def match(record: BuildCacheRecord) -> str | None:
         if record.id in matched:
             return matched[record.id]
-        candidates = by_size.get(record.size, [])
+        candidates = of_size(record.size)
         if not candidates:
             return None
         if len(candidates) > 1 and record.parent in shared and record.parent not in visiting:
@@ -380,14 +421,15 @@ def _match_records(
     # A record of a size only one layer has holds that layer, whatever its parents: match
     # those in listing order (the order they sit in memory). The others, in id order, as the
     # parent walk of a loop of parents depends on where it starts.
-    several = []
+    undecided = []
     for record_id, record in shared.items():
-        candidates = by_size.get(record.size)
-        if candidates is not None:
-            if len(candidates) == 1:
-                matched[record_id] = candidates[0]
-            else:
-                several.append(record_id)
-    for record_id in sorted(several):
+        size = record.size
+        if size in several:
+            undecided.append(record_id)
+        else:
+            chain_id = one_of_size.get(size)
+            if chain_id is not None:
+                matched[record_id] = chain_id
+    for record_id in sorted(undecided):
         match(shared[record_id])
     return matched, ambiguous
