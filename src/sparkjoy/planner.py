@@ -271,7 +271,10 @@ class _Planner:
         # Every object decided first, bytes after: the bytes of a deletion depend on every
         # deletion before it. Kept objects free nothing (their bytes stay 0).
         objects = containers + images + cache + volumes
-        deleted = [o for o in objects if o.decision is Decision.DELETE]
+        delete = Decision.DELETE
+        deleted_containers = [o for o in containers if o.decision is delete]
+        deleted_images = [o for o in images if o.decision is delete]
+        deleted = deleted_containers + deleted_images + [o for o in (*cache, *volumes) if o.decision is delete]
         deletion_order = list(map(attrgetter("kind", "id"), deleted))  # (kind, id) each, made in C
         freed = self.bytes_ledger(ledger).freed(deletion_order)
         by_object = freed.by_object
@@ -284,8 +287,8 @@ class _Planner:
         for o, o_bytes in zip(deleted, freed_bytes):
             o.bytes = o_bytes
         held = freed.held_by_cache
-        if held:
-            for o, key in zip(deleted, deletion_order):
+        if held:  # bytes held by cache are an image's (Freed.held_by_cache): the images' part of the order
+            for o, key in zip(deleted_images, deletion_order[len(deleted_containers):]):
                 o.bytes_held_by_cache = held.get(key, 0)
         _freeze(containers, self._images_made, self._records_made, volumes)
         frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
@@ -402,9 +405,12 @@ class _Planner:
         objects.sort(key=lambda o: o.reference_time or ageless)
         depth = self.image_depths()
         if depth:  # the images with a parent listed go first, deepest first, in the order so far
-            deep = [o for o in objects if o.id in depth]
+            deep: list[_Unfrozen] = []
+            shallow: list[_Unfrozen] = []
+            for o in objects:
+                (deep if o.id in depth else shallow).append(o)
             deep.sort(key=lambda o: depth[o.id], reverse=True)  # reverse=True keeps ties in order
-            objects = deep + [o for o in objects if o.id not in depth]
+            objects = deep + shallow
         return objects
 
     def image_reference_time(self, image: Image) -> tuple[datetime | None, str]:
@@ -426,7 +432,10 @@ class _Planner:
             return
         by_repository: dict[str, list[tuple[Image, datetime]]] = defaultdict(list)
         for image, when in candidates:
-            if image.repo_tags:  # an untagged image is in no repository
+            tags = image.repo_tags  # an untagged image is in no repository
+            if len(tags) == 1:  # most tagged images: one tag, one repository
+                by_repository[repository_of(tags[0])].append((image, when))
+            elif tags:
                 for repository in image.repositories:
                     by_repository[repository].append((image, when))
         for repository, members in sorted(by_repository.items()):
@@ -476,7 +485,8 @@ class _Planner:
         """Given the snapshot, return image id -> how many listed ancestors it has, when any."""
         depths: dict[str, int] = {}
         for image in self.snapshot.images:
-            if image.parent_id not in self.images_by_id:  # no parent listed (most images): depth 0
+            # No parent (most images), or none listed: depth 0.
+            if not image.parent_id or image.parent_id not in self.images_by_id:
                 continue
             depth, seen, current = 0, {image.id}, image.parent_id
             while current and current in self.images_by_id and current not in seen:

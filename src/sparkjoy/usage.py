@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import count, repeat
+from itertools import count, islice, repeat
 from operator import attrgetter
 from typing import Iterable, Sequence
 
@@ -345,7 +345,18 @@ class LayerLedger:
         for size, holders, images in zip(self._sizes, self._holders, self._image_holders):
             # An image that stays keeps the bytes: asked first, stopping at the first one that
             # stays (a base layer has thousands of images, and one of the first usually stays).
-            if not all(map(going, holders[:images])):
+            if images == 1:  # one image (most holdings: an image's layer that build cache holds)
+                image = holders[0]
+                if image not in position:
+                    continue
+                if len(holders) == 2:  # and one record
+                    record_place = place_of(holders[1])
+                    if record_place is None:
+                        held[image] = held.get(image, 0) + size
+                    else:
+                        by_object[image if position[image] > record_place else holders[1]] += size
+                    continue
+            elif not all(map(going, islice(holders, images))):
                 continue
             places = list(map(place_of, holders))  # None: a build-cache record that stays
             if None not in places:  # all go: the last to go frees the bytes
