@@ -276,17 +276,9 @@ class _Planner:
         deleted_images = [o for o in images if o.decision is delete]
         deleted = deleted_containers + deleted_images + [o for o in (*cache, *volumes) if o.decision is delete]
         deletion_order = list(map(attrgetter("kind", "id"), deleted))  # (kind, id) each, made in C
-        freed = self.bytes_ledger(ledger).freed(deletion_order)
-        by_object = freed.by_object
-        # by_object lists each deletion once, in deletion order: unless a key came twice, its
-        # values line up with the deletions, and no look-up is needed.
-        if len(by_object) == len(deleted):
-            freed_bytes: Iterable[int] = by_object.values()
-        else:
-            freed_bytes = map(by_object.__getitem__, deletion_order)
+        freed_bytes, held = self.bytes_ledger(ledger).freed_in_order(deletion_order)
         for o, o_bytes in zip(deleted, freed_bytes):
             o.bytes = o_bytes
-        held = freed.held_by_cache
         if held:  # bytes held by cache are an image's (Freed.held_by_cache): the images' part of the order
             for o, key in zip(deleted_images, deletion_order[len(deleted_containers):]):
                 o.bytes_held_by_cache = held.get(key, 0)

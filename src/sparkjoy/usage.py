@@ -337,9 +337,16 @@ class LayerLedger:
         A byte is freed by the last of its holders to be deleted; a byte whose holders all
         go except build-cache records is reported as held by cache, on the last image.
         """
+        freed, held = self.freed_in_order(deletions)
+        return Freed(dict(zip(deletions, freed)), held)
+
+    def freed_in_order(self, deletions: Sequence[ObjectKey]) -> tuple[list[int], dict[ObjectKey, int]]:
+        """Given the objects to delete in execution order, return the bytes each deletion frees,
+        in that order (a key listed twice: its figure at each place), and the bytes held by cache
+        per image: ``freed`` as a list, without a dictionary of every deletion."""
         position = dict(zip(deletions, count()))  # a key listed twice: its last place
         # Bytes an object holds alone go with it, whenever it goes.
-        by_object: dict[ObjectKey, int] = dict(zip(deletions, map(self._own.get, deletions, repeat(0))))
+        freed = list(map(self._own.get, deletions, repeat(0)))
         held: dict[ObjectKey, int] = {}
         going, place_of = position.__contains__, position.get
         for size, holders, images in zip(self._sizes, self._holders, self._image_holders):
@@ -347,24 +354,27 @@ class LayerLedger:
             # stays (a base layer has thousands of images, and one of the first usually stays).
             if images == 1:  # one image (most holdings: an image's layer that build cache holds)
                 image = holders[0]
-                if image not in position:
+                image_place = place_of(image)
+                if image_place is None:
                     continue
                 if len(holders) == 2:  # and one record
                     record_place = place_of(holders[1])
                     if record_place is None:
                         held[image] = held.get(image, 0) + size
                     else:
-                        by_object[image if position[image] > record_place else holders[1]] += size
+                        freed[max(image_place, record_place)] += size
                     continue
             elif not all(map(going, islice(holders, images))):
                 continue
             places = list(map(place_of, holders))  # None: a build-cache record that stays
             if None not in places:  # all go: the last to go frees the bytes
-                by_object[holders[places.index(max(places))]] += size
+                freed[max(places)] += size
             else:  # only build cache stays: held by cache, on the last image
                 last = holders[places.index(max(places[:images]))]
                 held[last] = held.get(last, 0) + size
-        return Freed(by_object, held)
+        if len(position) != len(freed):  # a key listed twice: its whole figure at every place
+            freed = [freed[position[key]] for key in deletions]
+        return freed, held
 
     def unique_bytes(self) -> dict[ObjectKey, int]:
         """Given the ledger, return object -> bytes it holds alone (what deleting just it would free)."""
