@@ -196,6 +196,30 @@ def owners_left_behind(plan: Plan, deleted_images: Iterable[str],
 Decided = tuple[Decision, str, "datetime | None"]
 
 
+class _ImageDecisions:
+    """Image id -> its decision, for the rules that change decisions after the first pass.
+
+    The decisions sit in a list by listing place, behind the planner's one dictionary of
+    places (made in C): a dictionary of decisions filled image by image cost a trip to memory
+    per image at 100,000 images. An image listed twice: its last listing's place.
+    """
+
+    __slots__ = ("_place", "_decided")
+
+    def __init__(self, place: dict[str, int], decided: list[Decided]):
+        self._place = place
+        self._decided = decided
+
+    def __getitem__(self, image_id: str) -> Decided:
+        return self._decided[self._place[image_id]]
+
+    def __setitem__(self, image_id: str, decided: Decided) -> None:
+        self._decided[self._place[image_id]] = decided
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._place
+
+
 def plan(snapshot: Snapshot, policy: Policy, memory: Memory = EMPTY_MEMORY, *, now: datetime) -> Plan:
     """Given what the engine holds, the policy, what we remember and the time, decide every object."""
     # Planning allocates several small objects per engine object and makes no reference
@@ -216,7 +240,9 @@ class _Planner:
         self.policy = policy
         self.memory = memory
         self.now = now
-        self.images_by_id = {image.id: image for image in snapshot.images}
+        # image id -> the place of its last listing (made in C; a listing's decision sits at its
+        # place in a list, see _ImageDecisions).
+        self._image_place = dict(zip(map(attrgetter("id"), snapshot.images), count()))
         self._everything_old = policy.everything_old
         self._max_age = policy.max_age
         self._scoped = policy.scoped
@@ -234,6 +260,11 @@ class _Planner:
         self._day_reasons: dict[tuple[bool, str, str, int, int], str] = {}
         # The images holding keep-recent places in repositories where others go (Plan.ranked).
         self._ranked: set[str] = set()
+
+    def image_by_id(self, image_id: str) -> Image | None:
+        """Given an image id, return its (last) listing, or None when it is not listed."""
+        place = self._image_place.get(image_id)
+        return None if place is None else self.snapshot.images[place]
 
     def decide_by_age(self, what: str, when: datetime, old: str) -> tuple[Decision, str, datetime]:
         """Given what happened at ``when`` (``"last used"``) and the word for old (``"unused"``),
@@ -310,7 +341,7 @@ class _Planner:
         if not self.policy.labels_match(container.labels):
             return "out of scope: lacks label " + ", ".join(str(s) for s in self.policy.labels)
         if self.policy.repos:
-            image = self.images_by_id.get(container.image_id)
+            image = self.image_by_id(container.image_id)
             tags = image.repo_tags if image else (container.image_ref,)
             if not any(self.policy.repo_matches(repository_of(tag)) for tag in tags if tag):
                 return "out of scope: its image's repository does not match --repo"
@@ -346,7 +377,7 @@ class _Planner:
             if container.id not in removed_containers:
                 pinned.setdefault(container.image_id, container)
 
-        decisions: dict[str, tuple[Decision, str, datetime | None]] = {}
+        decided: list[Decided] = []  # by listing place
         candidates: list[tuple[Image, datetime]] = []
         # Unscoped and without exclusions (the common case), no image needs asking.
         excluding = bool(self.policy.exclude)
@@ -357,33 +388,40 @@ class _Planner:
             problem = self.policy.image_in_scope(image) if self._scoped else None
             when, what = reference_time(image)
             if problem:
-                decisions[image.id] = (Decision.KEEP, problem, when)
+                decided.append((Decision.KEEP, problem, when))
             elif not pruning:
-                decisions[image.id] = (Decision.KEEP, "image pruning is off", when)
+                decided.append((Decision.KEEP, "image pruning is off", when))
             elif excluding and (excluded := self.policy.excluded_by(image)) is not None:
                 pattern, tag = excluded
-                decisions[image.id] = (Decision.KEEP, f"excluded: {tag} matches --exclude {pattern}", when)
+                decided.append((Decision.KEEP, f"excluded: {tag} matches --exclude {pattern}", when))
             elif image.id in pinned:
                 user = pinned[image.id]
                 name = user.names[0] if user.names else user.short_id
-                decisions[image.id] = (Decision.KEEP, f"in use by container {name} ({user.state.value})", when)
+                decided.append((Decision.KEEP, f"in use by container {name} ({user.state.value})", when))
             elif when is None:
-                decisions[image.id] = (
-                    Decision.KEEP,
-                    "age unknown: no last-tag time and never seen in use by sparkjoy",
-                    None,
-                )
+                decided.append((Decision.KEEP, "age unknown: no last-tag time and never seen in use by sparkjoy", None))
             else:
-                decisions[image.id] = decided = decide_by_age(what, when, "old")
-                if decided[0] is Decision.DELETE:
+                decided.append(decision := decide_by_age(what, when, "old"))
+                if decision[0] is Decision.DELETE:
                     candidates.append((image, when))
 
+        decisions = _ImageDecisions(self._image_place, decided)
+        listed_twice = len(self._image_place) != len(self.snapshot.images)
+        if listed_twice:
+            # An image listed twice is decided by its last listing (_ImageDecisions), and takes
+            # one place in its repository's ranking, not one per listing (it took two, and the
+            # next newest image went where keep-recent should have kept it).
+            last = {image.id: (image, when) for image, when in candidates}
+            candidates = [(image, when) for image, when in last.values() if decisions[image.id][0] is Decision.DELETE]
         self.keep_recent_per_repository(candidates, decisions)
         if self._scoped:
             self.keep_bases_of_step_images(decisions)
         self.keep_parents_of_kept(decisions)
 
-        made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, decisions[i.id], i.size) for i in self.snapshot.images]
+        images = self.snapshot.images
+        if listed_twice:  # every listing has the decision of the last
+            decided = [decisions[i.id] for i in images]
+        made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, d, i.size) for i, d in zip(images, decided)]
         self._images_made = made
         if not self._scoped:
             for image, made_one in zip(self.snapshot.images, made):
@@ -418,7 +456,7 @@ class _Planner:
         return None, ""
 
     def keep_recent_per_repository(
-        self, candidates: list[tuple[Image, datetime]], decisions: dict[str, tuple[Decision, str, datetime | None]]
+        self, candidates: list[tuple[Image, datetime]], decisions: _ImageDecisions
     ) -> None:
         if self.policy.keep_recent <= 0:
             return
@@ -442,7 +480,7 @@ class _Planner:
                         when,
                     )
 
-    def keep_bases_of_step_images(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
+    def keep_bases_of_step_images(self, decisions: _ImageDecisions) -> None:
         """Under --repo or --label, a deleted image's untagged step images stay (out of scope:
         see ``PlannedObject.hidden_parents``), and they are children of its listed parent: the
         engine refuses to delete that parent, after its tags but the last went by name. So the
@@ -455,7 +493,7 @@ class _Planner:
                 decisions[parent_id] = (Decision.KEEP, f"parent of the untagged step images of {label}, which stay "
                                         "(untagged, so outside the scope)", decisions[parent_id][2])
 
-    def keep_parents_of_kept(self, decisions: dict[str, tuple[Decision, str, datetime | None]]) -> None:
+    def keep_parents_of_kept(self, decisions: _ImageDecisions) -> None:
         """An image whose child stays cannot be deleted (the engine refuses), so it stays too.
 
         Walks up from each kept child (in id order, so the reason names the same child every
@@ -465,26 +503,27 @@ class _Planner:
             (i.id for i in self.snapshot.images if i.parent_id and decisions[i.id][0] is Decision.KEEP), reverse=True
         )
         while stack:
-            child = self.images_by_id[stack.pop()]
+            child = self.image_by_id(stack.pop())
             parent_id = child.parent_id
             if parent_id in decisions and decisions[parent_id][0] is Decision.DELETE:
                 label = child.repo_tags[0] if child.repo_tags else child.short_id
                 decisions[parent_id] = (Decision.KEEP, f"parent of image {label}, which stays", decisions[parent_id][2])
-                if self.images_by_id[parent_id].parent_id:
+                if self.image_by_id(parent_id).parent_id:
                     stack.append(parent_id)
 
     def image_depths(self) -> dict[str, int]:
         """Given the snapshot, return image id -> how many listed ancestors it has, when any."""
         depths: dict[str, int] = {}
-        for image in self.snapshot.images:
+        images, place = self.snapshot.images, self._image_place
+        for image in images:
             # No parent (most images), or none listed: depth 0.
-            if not image.parent_id or image.parent_id not in self.images_by_id:
+            if not image.parent_id or image.parent_id not in place:
                 continue
             depth, seen, current = 0, {image.id}, image.parent_id
-            while current and current in self.images_by_id and current not in seen:
+            while current and current in place and current not in seen:
                 depth += 1
                 seen.add(current)
-                current = self.images_by_id[current].parent_id
+                current = images[place[current]].parent_id
             if depth:
                 depths[image.id] = depth
         return depths
@@ -582,7 +621,7 @@ class _Planner:
             owners = self.memory.cache_owners.get(record.id, ())
             if not holds_images and not owners:
                 return Decision.KEEP, "out of scope: not attributable to an image in scope", None
-            outside = [i for i in holds_images or () if self.policy.image_in_scope(self.images_by_id[i])]
+            outside = [i for i in holds_images or () if self.policy.image_in_scope(self.image_by_id(i))]
             if outside:
                 return Decision.KEEP, "out of scope: holds layers of images outside the scope", None
             if any(self.policy.image_in_scope(owner.as_image()) for owner in owners):

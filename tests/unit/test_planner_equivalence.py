@@ -10,6 +10,7 @@ holding with all its holders) and checks that the result is exactly that, in val
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -231,3 +232,23 @@ def test_build_cache_in_any_tangle_is_ordered_by_depth_and_keeps_parents_of_what
     for o in planned:
         if o.decision is Decision.KEEP and o.id in old:
             assert o.reason == "parent of a cache record that stays"
+
+
+@SETTINGS
+@given(snapshots(), policies(), st.integers(0, 2**32 - 1))
+def test_an_image_listed_twice_is_decided_once_and_every_listing_says_so(generated, policy, seed) -> None:
+    snap, memory = generated
+    if not snap.images:
+        return
+    rng = random.Random(seed)
+    images = list(snap.images)
+    again = rng.sample(images, rng.randint(1, len(images)))
+    for image in again:  # a later listing of the same image, somewhere after the first
+        images.insert(rng.randint(images.index(image) + 1, len(images)), image)
+    twice = plan(replace(snap, images=tuple(images)), policy, memory, now=NOW)
+    once = plan(snap, policy, memory, now=NOW)
+    decided = {o.id: (o.decision, o.reason, o.reference_time) for o in once.by_kind(Kind.IMAGE)}
+    listings = twice.by_kind(Kind.IMAGE)
+    assert len(listings) == len(images)
+    for o in listings:
+        assert (o.decision, o.reason, o.reference_time) == decided[o.id]
