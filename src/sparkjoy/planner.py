@@ -302,17 +302,19 @@ class _Planner:
         # Every object decided first, bytes after: the bytes of a deletion depend on every
         # deletion before it. Kept objects free nothing (their bytes stay 0).
         objects = containers + images + cache + volumes
-        delete = Decision.DELETE
-        deleted_containers = [o for o in containers if o.decision is delete]
-        deleted_images = [o for o in images if o.decision is delete]
-        deleted = deleted_containers + deleted_images + [o for o in (*cache, *volumes) if o.decision is delete]
-        deletion_order = list(map(attrgetter("kind", "id"), deleted))  # (kind, id) each, made in C
-        freed_bytes, held = self.bytes_ledger(ledger).freed_in_order(deletion_order)
-        for o, o_bytes in zip(deleted, freed_bytes):
-            o.bytes = o_bytes
-        if held:  # bytes held by cache are an image's (Freed.held_by_cache): the images' part of the order
-            for o, key in zip(deleted_images, deletion_order[len(deleted_containers):]):
-                o.bytes_held_by_cache = held.get(key, 0)
+        delete, object_id = Decision.DELETE, attrgetter("id")
+        deleted_by_kind = [(kind, [o for o in planned if o.decision is delete])
+                           for kind, planned in ((Kind.CONTAINER, containers), (Kind.IMAGE, images),
+                                                 (Kind.BUILD_CACHE, cache), (Kind.VOLUME, volumes))]
+        freed_bytes, held = self.bytes_ledger(ledger).freed_in_order(
+            [(kind, list(map(object_id, deleted))) for kind, deleted in deleted_by_kind])
+        amounts = iter(freed_bytes)
+        for _, deleted in deleted_by_kind:
+            for o, o_bytes in zip(deleted, amounts):  # (deleted first: zip stops at its end, taking no more)
+                o.bytes = o_bytes
+        if held:  # bytes held by cache are an image's (LayerLedger.freed_in_order)
+            for o in deleted_by_kind[1][1]:
+                o.bytes_held_by_cache = held.get(o.id, 0)
         _freeze(containers, self._images_made, self._records_made, volumes)
         frozen: tuple[PlannedObject, ...] = tuple(objects)  # type: ignore[arg-type]
         return Plan(objects=frozen, now=self.now, policy=self.policy, snapshot=self.snapshot, ledger=ledger,

@@ -87,46 +87,43 @@ class LayerLedger:
     """Every byte of a snapshot with the objects that hold it. Built once per snapshot.
 
     Bytes one object holds alone (most of them: an image's own layers, an unshared cache
-    record, a writable layer, a volume) are summed per object in ``_own``: deleting that
-    object frees them, whenever it goes. Bytes several objects hold are holdings:
-    ``_sizes[i]`` bytes held by the distinct objects ``_holders[i]`` (parallel lists, not an
-    object per holding). Holders are a tuple, not a set: a set costs four times the
-    memory.
+    record, a writable layer, a volume) are summed per object in ``_own`` (kind -> id ->
+    bytes): deleting that object frees them, whenever it goes. Bytes several objects hold are
+    holdings: ``_sizes[i]`` bytes held by the distinct objects ``_holders[i]`` (parallel lists,
+    not an object per holding): the ids of ``_image_holders[i]`` images first, then of
+    build-cache records. Ids, not (kind, id) keys: at 100,000 images a tuple per object, made
+    and hashed again at every look-up, was a tenth of the planner's time. Holders are a tuple,
+    not a set: a set costs four times the memory.
     """
 
     def __init__(self, snapshot: Snapshot):
         self._sizes: list[int] = []
-        self._holders: list[tuple[ObjectKey, ...]] = []
-        # How many of each holding's holders are images: they come first, build-cache records after.
+        self._holders: list[tuple[str, ...]] = []
         self._image_holders: list[int] = []
-        # Bytes each object holds alone: the ledger keeps this very dict (no copy of it).
-        own: dict[ObjectKey, int] = {}
+        # Bytes each object holds alone, by kind and id: the ledger keeps these very dicts.
+        own: dict[str, int] = {}  # images
         # chain id -> its size, the chain id below it and the first image showing it (first
         # sighting wins), in the order first seen; and chain id -> the images showing it after
         # that one, for a layer shown more than once. One entry per layer at first sight, a list
         # only for the shared ones.
-        first: dict[str, tuple[int, str, ObjectKey]] = {}
-        more: dict[str, list[ObjectKey]] = {}
-        image_kind = Kind.IMAGE
+        first: dict[str, tuple[int, str, str]] = {}
+        more: dict[str, list[str]] = {}
         # The images with layer detail; and those without it that share bytes, with their
         # shared size (-1: unknown): they may hold any layer of the others (see the pass over shared
         # layers below, and _share_with_unseen_images).
         detailed: list[Image] = []
-        unseen: list[tuple[ObjectKey, int]] = []
-        opaque: list[ObjectKey] = []  # the images without layer detail with a unique part
+        unseen: list[tuple[str, int]] = []
+        opaque: list[str] = []  # the images without layer detail with a unique part
 
-        # One key tuple per image, shared by its holdings, made in C; an image listed again: its
-        # first listing counts, once.
-        images = snapshot.images
-        ids = list(map(attrgetter("id"), images))
-        keys = list(zip(repeat(image_kind), ids))
-        listed: Iterable[tuple[Image, ObjectKey]] = zip(images, keys)
-        if len(dict.fromkeys(ids)) != len(ids):
-            firsts: dict[str, tuple[Image, ObjectKey]] = {}
-            for image, key in listed:
-                firsts.setdefault(image.id, (image, key))
+        # An image listed again: its first listing counts, once.
+        listed: Iterable[Image] = snapshot.images
+        if len(dict.fromkeys(map(attrgetter("id"), snapshot.images))) != len(snapshot.images):
+            firsts: dict[str, Image] = {}
+            for image in snapshot.images:
+                firsts.setdefault(image.id, image)
             listed = firsts.values()
-        for image, key in listed:
+        for image in listed:
+            image_id = image.id
             if image.layers:
                 detailed.append(image)
                 # Each layer's bytes are first counted as the image's own, by the image that shows
@@ -138,17 +135,17 @@ class LayerLedger:
                     if chain_id in first:
                         others = more.get(chain_id)
                         if others is None:
-                            more[chain_id] = [key]
+                            more[chain_id] = [image_id]
                         else:
-                            others.append(key)
+                            others.append(image_id)
                     else:
                         size = layer.size
-                        first[chain_id] = (size, previous, key)
+                        first[chain_id] = (size, previous, image_id)
                         if size > 0:
                             alone += size
                     previous = chain_id
                 if alone:
-                    own[key] = alone
+                    own[image_id] = alone
             else:
                 # Without layer detail the engine's own split is the best we have: the unique
                 # part is this image's alone; the shared part is held by something else too, so
@@ -157,10 +154,10 @@ class LayerLedger:
                 # holds, so nothing is predicted.
                 unique = max(image.size - image.shared_size, 0) if image.shared_size >= 0 else 0
                 if unique:
-                    own[key] = unique
-                    opaque.append(key)
+                    own[image_id] = unique
+                    opaque.append(image_id)
                 if image.shared_size != 0:
-                    unseen.append((key, image.shared_size))
+                    unseen.append((image_id, image.shared_size))
         self._first = first
         self._more = more
 
@@ -169,24 +166,24 @@ class LayerLedger:
         # (it may hold any): each such layer counts the record among its holders, so deleting
         # an image never promises bytes a record may still hold (they are "held by cache").
         self.record_layer, self.record_candidates = _match_records(snapshot.build_cache, first)
-        layer_records: dict[str, list[ObjectKey]] = defaultdict(list)
+        layer_records: dict[str, list[str]] = defaultdict(list)
         for record_id, chain_id in self.record_layer.items():
-            layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
+            layer_records[chain_id].append(record_id)
         for record_id, chain_ids in self.record_candidates.items():
             for chain_id in chain_ids:
-                layer_records[chain_id].append((Kind.BUILD_CACHE, record_id))
+                layer_records[chain_id].append(record_id)
 
         # The layers with other holders than the image that showed them first: their bytes
         # become a holding, no longer that image's own (in no set order: the holdings' order
         # changes no figure, and looking at those layers alone spares a pass over all). Images without
         # layer detail that may share such a layer hold it too (or, past the limit, something
         # that never goes does: it is never predicted).
-        taken_back: list[ObjectKey] = []
+        taken_back: list[str] = []
         # image -> bytes of its layers that no other detailed image shows but build cache holds.
-        held_with_cache: dict[ObjectKey, int] = {}
+        held_with_cache: dict[str, int] = {}
         sizes, holders, image_holders = self._sizes, self._holders, self._image_holders
 
-        def hidden(size: int) -> tuple[ObjectKey, ...]:
+        def hidden(size: int) -> tuple[str, ...]:
             return tuple(u for u, shared in unseen if shared < 0 or size <= shared) if unseen else ()
 
         for chain_id, others in more.items():
@@ -221,38 +218,39 @@ class LayerLedger:
                 holders.append((head, *also, *cached))
                 image_holders.append(1 + len(also))
 
-        cache_kind = Kind.BUILD_CACHE
         # An unshared record's bytes are its own. (A shared record without a matching layer
         # shares its bytes with something we cannot see: deleting it is predicted to free
-        # nothing.) Made apart and merged, with no defaultdict look-up per record; the engine
-        # lists a record once, and should it list one twice, the plain sum counts it as before.
+        # nothing.) The engine lists a record once; should it list one twice, the sum counts it
+        # as before.
         unshared = [r for r in snapshot.build_cache if r.size > 0 and not r.shared]
-        cache_own = {(cache_kind, r.id): r.size for r in unshared}
-        if len(cache_own) == len(unshared):
-            own.update(cache_own)
-        else:
+        own_records = {r.id: r.size for r in unshared}
+        if len(own_records) != len(unshared):
+            own_records = {}
             for record in unshared:
-                own[(cache_kind, record.id)] = own.get((cache_kind, record.id), 0) + record.size
+                own_records[record.id] = own_records.get(record.id, 0) + record.size
         if opaque:
             taken_back += self._hold_with_unmatched_records(snapshot.build_cache, opaque, own)
+        own_containers: dict[str, int] = {}
         for container in snapshot.containers:
             if container.size_rw > 0:
-                own[(Kind.CONTAINER, container.id)] = own.get((Kind.CONTAINER, container.id), 0) + container.size_rw
+                own_containers[container.id] = own_containers.get(container.id, 0) + container.size_rw
+        own_volumes: dict[str, int] = {}
         for volume in snapshot.volumes:
             if volume.size > 0:
-                own[(Kind.VOLUME, volume.name)] = own.get((Kind.VOLUME, volume.name), 0) + volume.size
+                own_volumes[volume.name] = own_volumes.get(volume.name, 0) + volume.size
         if unseen:
             taken_back += self._share_with_unseen_images(detailed, tuple(u for u, _ in unseen), own,
                                                          held_with_cache)
         # An image all of whose layers turned out shared holds nothing alone.
-        for key in taken_back:
-            if not own.get(key, 1):
-                del own[key]
-        self._own = own
+        for image_id in taken_back:
+            if not own.get(image_id, 1):
+                del own[image_id]
+        self._own: dict[Kind, dict[str, int]] = {
+            Kind.CONTAINER: own_containers, Kind.IMAGE: own, Kind.BUILD_CACHE: own_records, Kind.VOLUME: own_volumes}
 
     def _hold_with_unmatched_records(
-        self, records: Iterable[BuildCacheRecord], opaque: list[ObjectKey], own: dict[ObjectKey, int]
-    ) -> list[ObjectKey]:
+        self, records: Iterable[BuildCacheRecord], opaque: list[str], own: dict[str, int]
+    ) -> list[str]:
         """Take back the unique part of an image without layer detail that build cache may hold.
 
         A shared build-cache record matched to no layer may hold a layer of an image without
@@ -265,18 +263,18 @@ class LayerLedger:
                      and r.id not in self.record_layer and r.id not in self.record_candidates]
         if not unmatched:
             return []
-        taken: list[ObjectKey] = []
-        for key in opaque:
-            unique = own[key]
-            fitting = tuple(dict.fromkeys((Kind.BUILD_CACHE, r.id) for r in unmatched if r.size <= unique))
+        taken: list[str] = []
+        for image_id in opaque:
+            unique = own[image_id]
+            fitting = tuple(dict.fromkeys(r.id for r in unmatched if r.size <= unique))
             if fitting:
-                self._share(own, taken, key, unique, fitting, images=1)
+                self._share(own, taken, image_id, unique, fitting, images=1)
         return taken
 
     def _share_with_unseen_images(
-        self, detailed: list[Image], unseen: tuple[ObjectKey, ...], own: dict[ObjectKey, int],
-        held_with_cache: dict[ObjectKey, int]
-    ) -> list[ObjectKey]:
+        self, detailed: list[Image], unseen: tuple[str, ...], own: dict[str, int],
+        held_with_cache: dict[str, int]
+    ) -> list[str]:
         """Take back the bytes a detailed image holds alone beyond what the engine says it holds alone.
 
         An image without layer detail that shares bytes hides which layers it shares: a detailed
@@ -289,25 +287,24 @@ class LayerLedger:
         ``_UNSEEN_HOLDERS_LIMIT`` of them, are never predicted. Returns the images whose bytes
         were taken back.
         """
-        taken: list[ObjectKey] = []
+        taken: list[str] = []
         for image in detailed:
-            key = (Kind.IMAGE, image.id)
             unique = image.size - image.shared_size if image.shared_size >= 0 else 0
-            excess = own.get(key, 0) - max(unique - held_with_cache.get(key, 0), 0)
+            excess = own.get(image.id, 0) - max(unique - held_with_cache.get(image.id, 0), 0)
             if excess > 0:
-                self._share(own, taken, key, excess, unseen, images=1 + len(unseen))
+                self._share(own, taken, image.id, excess, unseen, images=1 + len(unseen))
         return taken
 
-    def _share(self, own: dict[ObjectKey, int], taken: list[ObjectKey], key: ObjectKey, size: int,
-               others: tuple[ObjectKey, ...], images: int) -> None:
-        """Move ``size`` bytes of what ``key`` holds alone into a holding of it and ``others``
-        (``images`` of the holders are images); past ``_UNSEEN_HOLDERS_LIMIT`` others, into
-        nothing: they are never predicted."""
-        own[key] -= size
-        taken.append(key)
+    def _share(self, own: dict[str, int], taken: list[str], image_id: str, size: int,
+               others: tuple[str, ...], images: int) -> None:
+        """Move ``size`` bytes of what an image holds alone into a holding of it and ``others``
+        (``images`` of the holders are images, the rest records); past ``_UNSEEN_HOLDERS_LIMIT``
+        others, into nothing: they are never predicted."""
+        own[image_id] -= size
+        taken.append(image_id)
         if len(others) <= _UNSEEN_HOLDERS_LIMIT:
             self._sizes.append(size)
-            self._holders.append((key, *others))
+            self._holders.append((image_id, *others))
             self._image_holders.append(images)
 
     def record_chains(self, record_id: str) -> tuple[str, ...]:
@@ -320,12 +317,12 @@ class LayerLedger:
         """Given the ledger, return build-cache record id -> ids of images containing its layer
         (any of its candidate layers, for a record that cannot be told apart)."""
         return {
-            rid: {image_id for chain in self.record_chains(rid) for _, image_id in self._images_showing(chain)}
+            rid: {image_id for chain in self.record_chains(rid) for image_id in self._images_showing(chain)}
             for rid in (*self.record_layer, *self.record_candidates)
         }
 
-    def _images_showing(self, chain_id: str) -> list[ObjectKey]:
-        """Given a chain id, return the images whose layers show it, in listing order."""
+    def _images_showing(self, chain_id: str) -> list[str]:
+        """Given a chain id, return the ids of the images whose layers show it, in listing order."""
         seen = self._first.get(chain_id)
         if seen is None:
             return []
@@ -337,52 +334,72 @@ class LayerLedger:
         A byte is freed by the last of its holders to be deleted; a byte whose holders all
         go except build-cache records is reported as held by cache, on the last image.
         """
-        freed, held = self.freed_in_order(deletions)
-        return Freed(dict(zip(deletions, freed)), held)
+        places: dict[Kind, dict[str, int]] = {kind: {} for kind in Kind}
+        for place, (kind, object_id) in enumerate(deletions):
+            places[kind][object_id] = place  # a key listed twice: its last place
+        own = self._own
+        freed = [own[kind].get(object_id, 0) for kind, object_id in deletions]
+        held = self._walk_holdings(freed, places[Kind.IMAGE], places[Kind.BUILD_CACHE])
+        if sum(map(len, places.values())) != len(freed):  # a key listed twice: its whole figure at every place
+            freed = [freed[places[kind][object_id]] for kind, object_id in deletions]
+        return Freed(dict(zip(deletions, freed)), {(Kind.IMAGE, image_id): size for image_id, size in held.items()})
 
-    def freed_in_order(self, deletions: Sequence[ObjectKey]) -> tuple[list[int], dict[ObjectKey, int]]:
-        """Given the objects to delete in execution order, return the bytes each deletion frees,
-        in that order (a key listed twice: its figure at each place), and the bytes held by cache
-        per image: ``freed`` as a list, without a dictionary of every deletion."""
-        position = dict(zip(deletions, count()))  # a key listed twice: its last place
-        # Bytes an object holds alone go with it, whenever it goes.
-        freed = list(map(self._own.get, deletions, repeat(0)))
-        held: dict[ObjectKey, int] = {}
-        going, place_of = position.__contains__, position.get
+    def freed_in_order(self, deletions: Sequence[tuple[Kind, Sequence[str]]]) -> tuple[list[int], dict[str, int]]:
+        """Given the ids to delete in execution order, kind after kind (``(kind, ids)`` each, a
+        kind at most once), return the bytes each deletion frees, in that order (an id listed
+        twice: its figure at each place), and image id -> bytes held by cache: ``freed`` for the
+        planner, without a key or a dictionary entry per deletion."""
+        places: dict[Kind, dict[str, int]] = {kind: {} for kind in Kind}
+        freed: list[int] = []
+        for kind, ids in deletions:
+            places[kind] = dict(zip(ids, count(len(freed))))  # an id listed twice: its last place
+            freed += map(self._own[kind].get, ids, repeat(0))
+        held = self._walk_holdings(freed, places[Kind.IMAGE], places[Kind.BUILD_CACHE])
+        if sum(map(len, places.values())) != len(freed):  # an id listed twice: its whole figure at every place
+            freed = [freed[places[kind][object_id]] for kind, ids in deletions for object_id in ids]
+        return freed, held
+
+    def _walk_holdings(self, freed: list[int], image_places: dict[str, int],
+                       record_places: dict[str, int]) -> dict[str, int]:
+        """Add each holding whose holders all go to ``freed`` at the place of the last of them;
+        return image id -> the bytes of the holdings only build cache keeps, on the last image."""
+        held: dict[str, int] = {}
+        image_going, image_place, record_place = image_places.__contains__, image_places.get, record_places.get
         for size, holders, images in zip(self._sizes, self._holders, self._image_holders):
             # An image that stays keeps the bytes: asked first, stopping at the first one that
             # stays (a base layer has thousands of images, and one of the first usually stays).
             if images == 1:  # one image (most holdings: an image's layer that build cache holds)
                 image = holders[0]
-                image_place = place_of(image)
-                if image_place is None:
+                place = image_place(image)
+                if place is None:
                     continue
                 if len(holders) == 2:  # and one record
-                    record_place = place_of(holders[1])
-                    if record_place is None:
+                    last_record = record_place(holders[1])
+                    if last_record is None:
                         held[image] = held.get(image, 0) + size
                     else:
-                        freed[max(image_place, record_place)] += size
+                        freed[max(place, last_record)] += size
                     continue
-            elif not all(map(going, islice(holders, images))):
+            elif not all(map(image_going, islice(holders, images))):
                 continue
-            places = list(map(place_of, holders))  # None: a build-cache record that stays
-            if None not in places:  # all go: the last to go frees the bytes
-                freed[max(places)] += size
+            # None: a build-cache record that stays.
+            records = list(map(record_place, islice(holders, images, None)))
+            if None not in records:  # all go: the last to go frees the bytes
+                last_place = max(map(image_place, islice(holders, images)))
+                freed[max(last_place, *records) if records else last_place] += size
             else:  # only build cache stays: held by cache, on the last image
-                last = holders[places.index(max(places[:images]))]
+                places = list(map(image_place, islice(holders, images)))
+                last = holders[places.index(max(places))]
                 held[last] = held.get(last, 0) + size
-        if len(position) != len(freed):  # a key listed twice: its whole figure at every place
-            freed = [freed[position[key]] for key in deletions]
-        return freed, held
+        return held
 
     def unique_bytes(self) -> dict[ObjectKey, int]:
         """Given the ledger, return object -> bytes it holds alone (what deleting just it would free)."""
-        return dict(self._own)
+        return {(kind, object_id): size for kind, own in self._own.items() for object_id, size in own.items()}
 
 
 def _match_records(
-    records: Iterable[BuildCacheRecord], layers: dict[str, tuple[int, str, ObjectKey]]
+    records: Iterable[BuildCacheRecord], layers: dict[str, tuple[int, str, str]]
 ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     """Given build-cache records and image layers (chain id -> size, parent chain id, first
     image), return record id -> chain id of the layer it holds, and for records several layers

@@ -23,7 +23,8 @@ from sparkjoy.usage import Freed, LayerLedger, ObjectKey
 
 from sparkjoy.policy import Policy
 
-from .builders import NOW, record, snapshot
+from .builders import NOW, snapshot
+from .builders import record as cache_record
 from .test_planner_properties import object_keys, policies, snapshots
 
 SETTINGS = settings(
@@ -160,10 +161,14 @@ def test_the_ledger_frees_what_walking_every_holding_frees(generated, seed) -> N
     freed = ledger.freed(chosen)
     assert list(freed.by_object.items()) == list(expected.by_object.items())
     assert freed.held_by_cache == expected.held_by_cache
-    # The planner's form: the same figures as a list in deletion order, each place of a key its whole figure.
-    in_order, held = ledger.freed_in_order(chosen)
-    assert in_order == [expected.by_object[key] for key in chosen]
-    assert held == expected.held_by_cache
+    # The planner's form: ids kind after kind, the figures as a list in that order (each place of
+    # an id listed twice its whole figure), bytes held by cache by image id.
+    by_kind = [(kind, [object_id for k, object_id in chosen if k is kind]) for kind in Kind]
+    in_kind_order = [(kind, object_id) for kind, ids in by_kind for object_id in ids]
+    expected = plain_freed(snap, ledger, in_kind_order)
+    in_order, held = ledger.freed_in_order(by_kind)
+    assert in_order == [expected.by_object[key] for key in in_kind_order]
+    assert {(Kind.IMAGE, image_id): size for image_id, size in held.items()} == expected.held_by_cache
     # What each object holds alone: what deleting it alone frees, and only objects holding something.
     alone = {key: plain_freed(snap, ledger, [key]).by_object[key] for key in everything}
     assert ledger.unique_bytes() == {key: size for key, size in alone.items() if size}
@@ -203,7 +208,7 @@ def tangled_cache(draw):
     for record_id in ids + draw(st.lists(st.sampled_from(ids), max_size=3)):
         parent = draw(st.sampled_from(["", "gone", *ids]))
         days = draw(st.integers(0, 20))
-        listed.append(record(record_id, parent=parent, last_used=NOW - timedelta(days=days, hours=1),
+        listed.append(cache_record(record_id, parent=parent, last_used=NOW - timedelta(days=days, hours=1),
                              in_use=draw(st.booleans()) and draw(st.booleans()), size=draw(st.integers(0, 9))))
     order = draw(st.permutations(listed))
     return snapshot(build_cache=order)
