@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import count, islice, repeat
-from operator import attrgetter
+from itertools import compress, count, islice, repeat
+from operator import attrgetter, itemgetter
 from typing import Iterable, Sequence
 
 from .model import BuildCacheRecord, Image, Kind, Snapshot
@@ -179,7 +179,8 @@ class LayerLedger:
         # layer detail that may share such a layer hold it too (or, past the limit, something
         # that never goes does: it is never predicted).
         taken_back: list[str] = []
-        # image -> bytes of its layers that no other detailed image shows but build cache holds.
+        # image -> bytes of its layers that no other detailed image shows but build cache holds
+        # (asked only about images with detail, when there are images without it).
         held_with_cache: dict[str, int] = {}
         sizes, holders, image_holders = self._sizes, self._holders, self._image_holders
 
@@ -211,6 +212,11 @@ class LayerLedger:
                 continue
             own[head] -= size
             taken_back.append(head)
+            if not unseen:
+                sizes.append(size)
+                holders.append((head, *cached))
+                image_holders.append(1)
+                continue
             held_with_cache[head] = held_with_cache.get(head, 0) + size
             also = hidden(size)
             if len(also) <= _UNSEEN_HOLDERS_LIMIT:
@@ -411,16 +417,18 @@ def _match_records(
     # (no list for each of the many sizes one layer has).
     one_of_size: dict[int, str] = {}
     several: dict[int, list[str]] = {}
-    for chain_id, (size, _, _) in layers.items():
-        if size in wanted:
-            if size in one_of_size:
-                candidates = several.get(size)
-                if candidates is None:
-                    several[size] = [one_of_size[size], chain_id]
-                else:
-                    candidates.append(chain_id)
+    # The layers of a wanted size, picked in C: most layers are of no record's size.
+    sizes = list(map(itemgetter(0), layers.values()))
+    fits = list(map(wanted.__contains__, sizes))
+    for chain_id, size in zip(compress(layers, fits), compress(sizes, fits)):
+        if size in one_of_size:
+            candidates = several.get(size)
+            if candidates is None:
+                several[size] = [one_of_size[size], chain_id]
             else:
-                one_of_size[size] = chain_id
+                candidates.append(chain_id)
+        else:
+            one_of_size[size] = chain_id
     for candidates in several.values():
         candidates.sort()
 
