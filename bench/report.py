@@ -8,6 +8,7 @@ lives in bench/findings.md and is copied in verbatim, so a rerun never loses it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ def _cpu(summary: dict[str, Any] | None) -> str:
 
 def _mb(count: float) -> str:
     return f"{count / 1e6:,.1f} MB"
+
+
+def _slope(small: dict[str, Any], big: dict[str, Any]) -> float:
+    """The exponent k of time ~ images**k between two W3 scales (1 is linear, 2 quadratic)."""
+    return (math.log(big["plan_seconds_median"] / small["plan_seconds_median"])
+            / math.log(big["images"] / small["images"]))
 
 
 def _pct(value: float | None) -> str:
@@ -173,7 +180,10 @@ def _headline(machine, w1, w2, w3, daemon) -> list[str]:
         rows.append([f"planner time and peak memory, W3 ({big['images']:,} images)", "scaling 1k → 100k",
                      "<2 s and <300 MB; near-linear",
                      f"{big['plan_seconds_median']:.2f} s, {big['plan_peak_bytes_tracemalloc'] / 1e6:.0f} MB "
-                     f"(tracemalloc); per image {per_big / per_small:.1f}x the 1k cost",
+                     f"(tracemalloc); per image {per_big / per_small:.1f}x the 1k cost, a log-log slope of "
+                     f"{_slope(small, big):.2f} (1 is linear; n log n gives "
+                     f"{1 + math.log(math.log(big['images']) / math.log(small['images'])) / math.log(big['images'] / small['images']):.2f}"
+                     " over this range)",
                      _verdict(big["images"] >= 100_000 and big["plan_seconds_median"] < 2
                               and big["plan_peak_bytes_tracemalloc"] < 300e6)])
     if daemon and daemon.get("available", True) and "idle" in daemon:
