@@ -541,7 +541,9 @@ class _Planner:
         if len(index) != len(listed):
             listed = tuple({r.id: r for r in listed}.values())
             index = dict(zip(map(attrgetter("id"), listed), count()))
-        parents = list(map(index.get, map(attrgetter("parent"), listed)))  # None: no parent listed
+        # None: no parent, or none listed. (An empty parent is no parent, even with a record
+        # whose id the engine left empty listed.)
+        parents = [index.get(parent) if parent else None for parent in map(attrgetter("parent"), listed)]
         # Which images a record holds matters only to a scope.
         holding = ledger.records_holding_images() if self._scoped else {}
         decide = self.decide_record
