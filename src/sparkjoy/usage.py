@@ -449,7 +449,7 @@ def _match_records(
         candidates = of_size(record.size)
         if not candidates:
             return None
-        if len(candidates) > 1 and record.parent in shared and record.parent not in visiting:
+        if len(candidates) > 1 and record.parent and record.parent in shared and record.parent not in visiting:
             visiting.add(record.id)
             parent_layer = match(shared[record.parent])
             visiting.discard(record.id)

@@ -150,6 +150,25 @@ def test_a_record_is_matched_to_the_layer_on_top_of_its_parent_record_layer() ->
     assert ledger.records_holding_images() == {"parent": {"second"}, "child": {"second"}}
 
 
+def test_a_record_without_a_parent_is_not_matched_through_a_record_with_an_empty_id() -> None:
+    # The same two 100-byte layers; the record that holds the 20-byte base has an empty id
+    # (the engine gave none), and the 100-byte record has no parent (""): nothing tells the
+    # two layers apart, so it may hold either, not "z-top" through the record named "".
+    shot = snapshot(
+        [
+            image("first", "a:1", tagged=ago(days=2), layer_list=layers(("a-base", 10), ("a-top", 100))),
+            image("second", "z:1", tagged=ago(days=2), layer_list=layers(("z-base", 20), ("z-top", 100))),
+        ],
+        build_cache=[
+            record("", shared=True, size=20),
+            record("orphan", shared=True, size=100),
+        ],
+    )
+    ledger = LayerLedger(shot)
+    assert ledger.record_layer == {"": "z-base"}
+    assert ledger.record_candidates == {"orphan": ("a-base/a-top", "z-base/z-top")}
+
+
 def test_an_image_without_layer_detail_is_accounted_as_size_minus_shared_size() -> None:
     shot = snapshot([image("whole", "a:1", tagged=ago(days=2), size=100, shared_size=30)])
     assert LayerLedger(shot).freed([img("whole")]).by_object == {img("whole"): 70}
