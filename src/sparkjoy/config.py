@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from .engine.connect import ADDRESS_FORMS, address_problem
 from .errors import ConfigError
-from .policy import LabelSelector, Policy, VolumeMode
+from .policy import LabelSelector, Policy, VolumeMode, exclude_problem
 from .units import format_duration_exact, parse_duration, parse_size
 
 
@@ -67,6 +67,15 @@ def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ValueError(f"expected a list of non-empty strings, got {value!r}")
     return tuple(v.strip() for v in value)
+
+
+def _exclusions(value: Any) -> tuple[str, ...]:
+    patterns = _strings(value)
+    for pattern in patterns:
+        problem = exclude_problem(pattern)
+        if problem:
+            raise ValueError(problem)
+    return patterns
 
 
 def _labels(value: Any) -> tuple[LabelSelector, ...]:
@@ -135,7 +144,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("repos", _strings, (),
         "Scope: only images whose repository matches one of these globs.",
         'repos = ["myapp/*"]'),
-    Key("exclude", _strings, (),
+    Key("exclude", _exclusions, (),
         "Protect images with any repo:tag matching one of these globs.",
         'exclude = ["redis:*", "*:keep"]'),
     Key("containers", _boolean, True, "Prune stopped containers older than max_age.", "containers = true"),

@@ -52,6 +52,17 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
+def exclude_problem(pattern: str) -> str | None:
+    """Given an --exclude glob, return why it can never match, or None when it can.
+
+    Exclusions are matched against REPO:TAG and REPO@DIGEST: a plain name, with no tag, digest
+    or wildcard, matches nothing, and the user who wrote "redis" believes redis is protected."""
+    if pattern.strip() and not any(c in pattern for c in ":@*?["):
+        return (f"exclude pattern {pattern!r} can never match: exclusions are matched against REPO:TAG "
+                f"(and REPO@DIGEST); use '{pattern}:*' for every tag of {pattern}")
+    return None
+
+
 @dataclass(frozen=True)
 class Policy:
     """What a prune may remove.
@@ -61,7 +72,8 @@ class Policy:
     Negative means everything counts as old.
     ``keep_recent``: among old tagged images, the N newest per repository stay.
     ``labels``: every selector must match (scope). ``repos``: any glob matches a repository (scope).
-    ``exclude``: any glob matching any ``repo:tag`` of an image protects it.
+    ``exclude``: any glob matching any ``repo:tag`` (or ``repo@digest``) of an image protects
+    it; a plain name, with no tag, digest or wildcard, is refused: it could never match.
     """
 
     max_age: timedelta = timedelta(hours=6)
@@ -85,6 +97,7 @@ class Policy:
         for pattern in (*self.repos, *self.exclude):
             if not isinstance(pattern, str) or not pattern.strip():
                 problems.append(f"empty or invalid pattern {pattern!r} in repos/exclude")
+        problems += [problem for p in self.exclude if isinstance(p, str) and (problem := exclude_problem(p))]
         for toggle in ("containers", "images", "build_cache"):
             # "false" as text is truthy: a toggle that is not a bool would switch pruning on.
             if not isinstance(getattr(self, toggle), bool):
@@ -113,6 +126,13 @@ class Policy:
         present = set(repositories)
         return tuple(glob for glob, pattern in zip(self.repos, self._repo_patterns)
                      if not any(pattern.fullmatch(r) for r in present))
+
+    def unmatched_excludes(self, names: Iterable[str]) -> tuple[str, ...]:
+        """Given every name the engine's images have (``repo:tag``, ``repo@digest``), return the
+        --exclude globs that match none of them: they protect nothing here."""
+        present = set(names)
+        return tuple(glob for glob, pattern in zip(self.exclude, self._exclude_patterns)
+                     if not any(pattern.fullmatch(n) for n in present))
 
     def labels_match(self, labels: Mapping[str, str] | None) -> bool:
         return all(selector.matches(labels) for selector in self.labels)

@@ -581,6 +581,15 @@ def test_a_repo_glob_that_matches_no_repository_is_warned_of_and_json_stays_whol
     assert "--repo sjt/*" not in done.stderr
 
 
+def test_an_exclude_glob_that_matches_no_image_is_warned_of_and_json_stays_whole(env: Env, mess: Mess) -> None:
+    done = expect(sparkjoy(env, "prune", "--dry-run", "--format", "json", "--exclude", "nomatch:*",
+                           "--exclude", "sjt/old:*"), 0)
+    one_json(done)
+    assert "warning: --exclude nomatch:* (or the exclude setting) matches no image on this engine" in done.stderr, \
+        done.stderr
+    assert "--exclude sjt/old:*" not in done.stderr
+
+
 def test_runs_keep_their_state_in_the_tests_directory_never_the_machines(env: Env, mess: Mess) -> None:
     # As root the default is /var/lib/sparkjoy/state.db: a test must never write the machine's.
     expect(sparkjoy(env, "df"), 0)

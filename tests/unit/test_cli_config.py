@@ -146,6 +146,7 @@ def test_config_output_of_the_defaults_reads_back(sparkjoy: Invoke, tmp_path: Pa
         (["config"], ["--label", "=x"], "flag --label:", "--labels"),
         (["config"], ["--repo", ""], "flag --repo:", "--repos"),
         (["config"], ["--exclude", " "], "flag --exclude:", None),
+        (["prune", "--dry-run"], ["--exclude", "redis"], "flag --exclude:", None),
         (["prune", "--dry-run"], ["--label", "=x"], "flag --label:", "--labels"),
         (["df"], ["--repo", ""], "flag --repo:", "--repos"),
         (["run"], ["--label", "=x"], "flag --label:", "--labels"),

@@ -76,6 +76,7 @@ def test_the_default_policy_is_the_articles() -> None:
         ({"max_age": 3600}, "max_age"),
         ({"repos": ("",)}, "pattern"),
         ({"exclude": ("  ",)}, "pattern"),
+        ({"exclude": ("redis",)}, "'redis' can never match.*'redis:\\*'"),
         ({"volumes": "some"}, "volumes"),
         ({"containers": "false"}, "containers"),
         ({"images": None}, "images"),
@@ -185,3 +186,16 @@ def test_an_exclusion_matches_a_digest_reference_too() -> None:
     image = Image("i", ("app/x:1",), None, None, 0, 0, repo_digests=("keep/mirror@sha256:" + "3" * 64,))
     assert Policy(exclude=("keep/*",)).excluded_by(image) == ("keep/*", "keep/mirror@sha256:" + "3" * 64)
     assert Policy(exclude=("other/*",)).excluded_by(image) is None
+
+
+def test_an_exclude_of_a_plain_name_is_refused_and_one_that_can_match_a_name_is_not() -> None:
+    # Exclusions are matched against REPO:TAG and REPO@DIGEST: "redis" alone matches neither.
+    for pattern in ("redis:*", "redis*", "redis@sha256:*", "*", "reg?", "[r]edis:7"):
+        assert Policy(exclude=(pattern,)).exclude == (pattern,)
+
+
+def test_the_exclude_globs_that_match_no_image_name_are_named() -> None:
+    policy = Policy(exclude=("redis:*", "postgres:*", "keep/*"))
+    names = ["redis:7", "keep/mirror@sha256:" + "3" * 64]
+    assert policy.unmatched_excludes(names) == ("postgres:*",)
+    assert Policy().unmatched_excludes(names) == ()

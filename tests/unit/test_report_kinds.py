@@ -54,11 +54,22 @@ def test_metrics_reclaimed_per_kind_agree_with_reclaimable_per_kind_after_the_pr
 def test_the_unmatched_repo_warning_escapes_the_engines_repository_names(capsys: pytest.CaptureFixture) -> None:
     # Everything else that prints engine text goes through report.printable (tables, errors).
     shot = snapshot([image("i", "evil\x1b[2J\x1b]0;pwned\x07:1", tagged=ago(days=1))])
-    cli._warn_unmatched_repos(Policy(repos=("shop",)), shot)
+    cli._warn_unmatched_globs(Policy(repos=("shop",)), shot)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "warning: --repo shop (or the repos setting) matches no repository" in captured.err
     assert "\x1b" not in captured.err and "\x07" not in captured.err
+
+
+def test_an_exclude_glob_that_matches_no_image_is_warned_of_and_one_that_matches_is_not(
+        capsys: pytest.CaptureFixture) -> None:
+    shot = snapshot([image("i", "redis:7", tagged=ago(days=1)), image("j", "evil\x1b[2J:1", tagged=ago(days=1))])
+    cli._warn_unmatched_globs(Policy(exclude=("redis:*", "postgres:*")), shot)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "warning: --exclude postgres:* (or the exclude setting) matches no image on this engine" in captured.err
+    assert "redis:*" not in captured.err
+    assert "\x1b" not in captured.err
 
 
 def listed(text: str, title: str) -> list[str]:
