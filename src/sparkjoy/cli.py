@@ -59,7 +59,7 @@ def _no_filter(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 def policy_options(fn: Callable) -> Callable:
     options = [
         click.option("--max-age", help="Old means last tagged/used longer ago than this (default 6h; negative: "
-                     "everything is old)."),
+                     "everything with an age is old; an image with no time ages from a real prune's first sight)."),
         click.option("--keep-recent", type=int, help="Keep the N newest old images per repository (default 2)."),
         click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
                      help="Scope: only objects with this label (repeatable; all must match)."),
@@ -67,7 +67,7 @@ def policy_options(fn: Callable) -> Callable:
                      help="Scope: only images whose repository (a tag without its :TAG) matches (repeatable). "
                      "Untagged images belong to no repository, so they stay."),
         click.option("--exclude", multiple=True, metavar="GLOB",
-                     help="Protect images with a repo:tag matching this glob (repeatable)."),
+                     help="Protect images with a repo:tag matching this glob, e.g. 'redis:*' (repeatable)."),
         click.option("--containers/--no-containers", default=None, help="Prune stopped containers (default on)."),
         click.option("--images/--no-images", default=None, help="Prune images (default on)."),
         click.option("--build-cache/--no-build-cache", default=None, help="Prune build cache (default on)."),
@@ -179,19 +179,26 @@ def _snapshot_and_plan(settings: config.Settings, as_of: datetime | None, real_p
     if real_prune and reuse_inspects and ranks_changed(engine, the_plan):
         # An image holding a keep-recent place reads otherwise afresh: inspect everything again.
         return _snapshot_and_plan(settings, as_of, real_prune, reuse_inspects=False)
-    _warn_unmatched_repos(settings.policy, snapshot)
+    _warn_unmatched_globs(settings.policy, snapshot)
     return engine, the_plan
 
 
-def _warn_unmatched_repos(policy: Policy, snapshot: Snapshot) -> None:
-    """A --repo glob matching no repository scopes the run to nothing: say so (on stderr, so
-    JSON on stdout stays whole), with some of the repositories there are."""
+def _warn_unmatched_globs(policy: Policy, snapshot: Snapshot) -> None:
+    """A --repo glob matching no repository scopes the run to nothing, and an --exclude glob
+    matching no image protects nothing: say so (on stderr, so JSON on stdout stays whole), with
+    some of the repositories there are."""
     repositories = sorted({r for image in snapshot.images for r in image.repositories})
+    some = ", ".join(repositories[:5]) + (", ..." if len(repositories) > 5 else "") or "none: no image is tagged"
     for glob in policy.unmatched_repos(repositories):
-        some = ", ".join(repositories[:5]) + (", ..." if len(repositories) > 5 else "") or "none: no image is tagged"
         click.echo(report.printable(f"sparkjoy: warning: --repo {glob} (or the repos setting) matches no "
                                     f"repository on this engine (a repository is a tag without its :TAG; "
                                     f"here: {some})"), err=True)
+    if policy.exclude:
+        names = [name for image in snapshot.images for name in (*image.repo_tags, *image.repo_digests)]
+        for glob in policy.unmatched_excludes(names):
+            click.echo(report.printable(f"sparkjoy: warning: --exclude {glob} (or the exclude setting) matches "
+                                        f"no image on this engine, so it protects nothing here (it is matched "
+                                        f"against REPO:TAG; repositories here: {some})"), err=True)
 
 
 # The commands of the long-running service live in cli_daemon, which registers them on

@@ -401,7 +401,8 @@ class _Planner:
                 name = user.names[0] if user.names else user.short_id
                 decided.append((Decision.KEEP, f"in use by container {name} ({user.state.value})", when))
             elif when is None:
-                decided.append((Decision.KEEP, "age unknown: no last-tag time and never seen in use by sparkjoy", None))
+                decided.append((Decision.KEEP, "age unknown: no last-tag time, and not seen by sparkjoy before (a real "
+                                "prune or the daemon notes it now; its age counts from then)", None))
             else:
                 decided.append(decision := decide_by_age(what, when, "old"))
                 if decision[0] is Decision.DELETE:
