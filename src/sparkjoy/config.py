@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from enum import Enum
 import tomllib
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ def load(
     from_file: dict[str, tuple[Any, str]] = {}
     if path is not None:
         _read_file(path, keys, from_file, problems)
+    problems.extend(_unknown_variables(environ, keys))
     from_env = {
         dotted: (environ[key.env], f"environment variable {key.env}")
         for dotted, key in keys.items()
@@ -376,6 +378,49 @@ def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, st
             raw[name] = (value, f"{path}")
         else:
             problems.append(f"{path}: unknown key {name}{_suggest(name, keys)}")
+
+
+# SPARKJOY_* variables that are not settings: the config file's path, and the benchmark
+# scripts' cache (bench/README.md), which the sparkjoy they run inherits.
+NOT_SETTINGS = ("SPARKJOY_CONFIG", "SPARKJOY_BENCH_CACHE")
+# What Kubernetes sets in every pod of a namespace with a Service named sparkjoy or
+# sparkjoy-something (service links): SPARKJOY_SERVICE_HOST, always, and with it
+# SPARKJOY_SERVICE_PORT, SPARKJOY_PORT, SPARKJOY_PORT_9867_TCP_ADDR, ...
+_SERVICE_LINK = re.compile(r"SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?")
+
+
+def _service_link(name: str, environ: Mapping[str, str]) -> bool:
+    services = [n.removesuffix("_SERVICE_HOST") for n in environ if n.endswith("_SERVICE_HOST")]
+    return any(name.startswith(service + "_") and _SERVICE_LINK.fullmatch(name[len(service) + 1:])
+               for service in services)
+
+
+def _unknown_variables(environ: Mapping[str, str], keys: Mapping[str, Key]) -> list[str]:
+    """Given the environment, return a problem for each SPARKJOY_* variable that is set and is
+    no setting: a misspelt one (SPARKJOY_KEEP_RECNET=10) would otherwise leave the default in
+    force without a word, and a prune delete what the user meant to keep."""
+    known = {key.env: dotted for dotted, key in keys.items()}
+    problems = []
+    for name in sorted(environ):
+        if (not name.startswith("SPARKJOY_") or name in known or name in NOT_SETTINGS
+                or environ[name] == "" or _service_link(name, environ)):
+            continue
+        close = _closest_variable(name, [*known, *NOT_SETTINGS], {key.name.upper(): key.env for key in keys.values()})
+        fix = f"did you mean {close}?" if close else "sparkjoy config --keys lists the settings and their variables"
+        problems.append(f"environment variable {name}: not a sparkjoy setting ({fix}); rename or unset it")
+    return problems
+
+
+def _closest_variable(name: str, variables: list[str], by_key_name: Mapping[str, str]) -> str | None:
+    """The variable the user probably meant: the one for a key of that name in another
+    section (SPARKJOY_HOST -> SPARKJOY_ENGINE_HOST), else the closest spelling, compared
+    without the prefix every name shares (which would make all of them look alike)."""
+    rest = name.removeprefix("SPARKJOY_")
+    if rest in by_key_name:
+        return by_key_name[rest]
+    names = {variable.removeprefix("SPARKJOY_"): variable for variable in variables}
+    close = difflib.get_close_matches(rest, list(names), n=1)
+    return names[close[0]] if close else None
 
 
 def _suggest(name: str, keys: Mapping[str, Key]) -> str:

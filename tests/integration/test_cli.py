@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkjoy import state
 from sparkjoy.executor import DELETE_BATCH
 from tests.engine import IsolatedEngine
 from tests.faultproxy import FaultProxy, Rule, hook
@@ -594,6 +595,32 @@ def test_runs_keep_their_state_in_the_tests_directory_never_the_machines(env: En
     # As root the default is /var/lib/sparkjoy/state.db: a test must never write the machine's.
     expect(sparkjoy(env, "df"), 0)
     assert (env.tmp / "state" / "sparkjoy" / "state.db").is_file()
+
+
+def test_a_config_file_shared_with_the_daemon_serves_every_command_and_its_state_db(env: Env, mess: Mess) -> None:
+    # Once, `df` and `prune` refused a file with a [daemon] section ("unknown key daemon"), the
+    # file the docs deploy for the service, and so could not share the daemon's state_db.
+    shared = env.tmp / "shared"
+    config_file = env.tmp / "sparkjoy.toml"
+    config_file.write_text(f'keep_recent = 0\n\n[daemon]\ninterval = "1h"\nstate_db = "{shared / "state.db"}"\n')
+    expect(sparkjoy(env, "df", "--config", str(config_file)), 0)
+    expect(sparkjoy(env, "prune", "--dry-run", "--config", str(config_file)), 0)
+    expect(sparkjoy(env, "prune", "--force", "--max-age=-1s", "--config", str(config_file)), 0)
+    assert not mess.deleted & all_ids(env.engine)  # keep_recent = 0 from the file took effect
+    remembered = state.State.open(shared / "state.db", env.engine.host)
+    try:
+        assert mess.runner_image in remembered.memory().first_seen  # the image in use, which stays, seen
+    finally:
+        remembered.close()
+    assert not (env.tmp / "state" / "sparkjoy" / "state.db").exists()  # not the default place
+
+
+def test_a_misspelt_variable_stops_a_prune_before_it_deletes_anything(env: Env, mess: Mess) -> None:
+    before = all_ids(env.engine)
+    done = expect(sparkjoy(env, "prune", "--force", "--max-age=-1s",
+                           extra_env={"SPARKJOY_KEEP_RECNET": "5"}), 2)
+    assert "SPARKJOY_KEEP_RECNET" in done.stderr and "did you mean SPARKJOY_KEEP_RECENT?" in done.stderr, done.stderr
+    assert all_ids(env.engine) == before
 
 
 def test_df_verbose_lists_every_object(env: Env, df_mess: Mess) -> None:

@@ -142,6 +142,57 @@ def test_an_unknown_key_in_a_section_suggests_the_dotted_key(tmp_path: Path) -> 
     assert "unknown key [engine] hots" in problem and "engine.host" in problem
 
 
+@pytest.mark.parametrize(("variable", "meant"), [
+    ("SPARKJOY_KEEP_RECNET", "SPARKJOY_KEEP_RECENT"),  # a typo that would leave keep_recent at 2
+    ("SPARKJOY_MAXAGE", "SPARKJOY_MAX_AGE"),
+    ("SPARKJOY_HOST", "SPARKJOY_ENGINE_HOST"),  # a key's name without its section
+    ("SPARKJOY_INTERVAL", "SPARKJOY_DAEMON_INTERVAL"),
+    ("SPARKJOY_DAEMON_INTERVALL", "SPARKJOY_DAEMON_INTERVAL"),
+    ("SPARKJOY_CONFG", "SPARKJOY_CONFIG"),
+])
+def test_an_unknown_sparkjoy_variable_is_an_error_that_suggests_the_one_meant(tmp_path: Path, variable, meant) -> None:
+    (problem,) = problems_of(tmp_path, env={variable: "10"})
+    assert f"environment variable {variable}: not a sparkjoy setting (did you mean {meant}?)" in problem, problem
+
+
+def test_an_unknown_variable_like_no_setting_points_to_the_list_of_keys(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, env={"SPARKJOY_ZZZ": "1"})
+    assert "SPARKJOY_ZZZ" in problem and "sparkjoy config --keys" in problem and "did you mean" not in problem
+
+
+@pytest.mark.parametrize("environ", [
+    {},  # only what load() gets anyway
+    {"SPARKJOY_CONFIG": ""},  # a variable, not a setting (empty: no file named)
+    {"SPARKJOY_BENCH_CACHE": "/tmp/x"},  # the benchmark scripts' own
+    {"SPARKJOY_TYPO": ""},  # set to nothing is not set, as for a setting's variable
+    {"NOT_SPARKJOY_FOO": "1", "sparkjoy_keep_recent": "9"},  # not the prefix (variables are case-sensitive)
+    # Kubernetes' service links for a Service named sparkjoy, and one named sparkjoy-metrics:
+    {"SPARKJOY_SERVICE_HOST": "10.0.0.1", "SPARKJOY_SERVICE_PORT": "9867", "SPARKJOY_SERVICE_PORT_HTTP": "9867",
+     "SPARKJOY_PORT": "tcp://10.0.0.1:9867", "SPARKJOY_PORT_9867_TCP": "tcp://10.0.0.1:9867",
+     "SPARKJOY_PORT_9867_TCP_PROTO": "tcp", "SPARKJOY_PORT_9867_TCP_PORT": "9867",
+     "SPARKJOY_PORT_9867_TCP_ADDR": "10.0.0.1"},
+    {"SPARKJOY_METRICS_SERVICE_HOST": "10.0.0.2", "SPARKJOY_METRICS_PORT_9867_UDP_ADDR": "10.0.0.2"},
+])
+def test_variables_that_are_no_setting_but_not_mistakes_pass(tmp_path: Path, environ) -> None:
+    assert load(tmp_path, env=environ).policy.keep_recent == 2
+
+
+@pytest.mark.parametrize("variable", ["SPARKJOY_PORT", "SPARKJOY_DAEMON_PORT", "SPARKJOY_METRICS_PORT_9867_TCP_ADDR"])
+def test_a_service_link_name_without_its_services_host_is_a_mistake(tmp_path: Path, variable) -> None:
+    # Kubernetes always sets NAME_SERVICE_HOST with the others; without it SPARKJOY_DAEMON_PORT
+    # is someone guessing at the daemon's port setting (it is daemon.listen).
+    (problem,) = problems_of(tmp_path, env={variable: "9000"})
+    assert f"environment variable {variable}: not a sparkjoy setting" in problem
+
+
+def test_unknown_variables_are_reported_with_every_other_problem(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "keepp = 1\n", env={"SPARKJOY_B_TYPO": "1", "SPARKJOY_A_TYPO": "1",
+                                                         "SPARKJOY_IMAGES": "maybe"})
+    assert len(problems) == 4, problems
+    assert [p.split(":")[0] for p in problems if "not a sparkjoy setting" in p] == [
+        "environment variable SPARKJOY_A_TYPO", "environment variable SPARKJOY_B_TYPO"]
+
+
 def test_every_problem_is_reported_at_once_with_its_source_key_and_value(tmp_path: Path) -> None:
     problems = problems_of(
         tmp_path,

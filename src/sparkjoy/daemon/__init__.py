@@ -12,6 +12,19 @@ loop; ``client`` is the library API for dev tools::
         ...  # run the build; the daemon does not prune meanwhile
 """
 
-from .client import Client, DaemonUnavailable
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Client", "DaemonUnavailable"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: every command loads ``daemon.settings`` (the [daemon] keys of a
+    # shared config file), which must not pull in the client, the HTTP server and the metrics.
+    if name in __all__:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..errors import SparkjoyError
-from .http import DEFAULT_LISTEN, parse_listen
+from .listen import DEFAULT_LISTEN, parse_listen
 
 log = logging.getLogger("sparkjoy.daemon.client")
 

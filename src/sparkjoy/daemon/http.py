@@ -51,11 +51,9 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from .listen import DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_PORT, parse_listen  # noqa: F401 (also imported from here)
 from .metrics import Metrics
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9867
-DEFAULT_LISTEN = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
 # A build notification is a few fields; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -131,31 +129,6 @@ class EngineContact:
         if age > self.max_age_seconds:
             return False, f"engine last reached {age:.0f}s ago (limit {self.max_age_seconds:.0f}s)"
         return True, f"engine reached {age:.0f}s ago"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Given ``HOST:PORT`` (``[::1]:PORT`` for IPv6, ``:PORT`` for the default host), return both.
-
-    >>> parse_listen("0.0.0.0:9867")
-    ('0.0.0.0', 9867)
-    >>> parse_listen("[::1]:9000")
-    ('::1', 9000)
-    >>> parse_listen(":9000")
-    ('127.0.0.1', 9000)
-    """
-    text = value.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ConfigError(f"--listen {value!r}: expected [IPV6]:PORT, e.g. [::1]:{DEFAULT_PORT}")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or ":" in host:
-            raise ConfigError(f"--listen {value!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"--listen {value!r}: the port must be a number from 0 to 65535")
-    return host or DEFAULT_HOST, int(port_text)
 
 
 def is_loopback(host: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from .. import config
 from ..errors import ConfigError
 from ..units import format_bytes, parse_size
-from .http import DEFAULT_LISTEN, parse_listen
+from .listen import DEFAULT_LISTEN, parse_listen
 
 DEFAULT_INTERVAL = timedelta(hours=1)
 
