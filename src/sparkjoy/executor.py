@@ -682,9 +682,15 @@ class Executor:
                 continue
             if kept.kind is Kind.IMAGE:
                 if kept.id not in images:
-                    findings.append(AuditFinding(kept.kind, kept.id, "kept image is gone"))
+                    # The engine lists no untagged image with a child: one that got a child
+                    # since (a classic build's next step) is still there, unlisted.
+                    now = self.engine.image_state(kept.id)
+                    if now is None:
+                        findings.append(AuditFinding(kept.kind, kept.id, "kept image is gone"))
+                        continue
+                    tags_now |= set(now.repo_tags)
                 # A tag now on another image was moved there (a build, `docker tag`), not removed by the run.
-                elif missing := set(kept.names) - tags_now:
+                if missing := set(kept.names) - tags_now:
                     findings.append(AuditFinding(kept.kind, kept.id, "kept image lost tags " + ", ".join(sorted(missing))))
             elif kept.kind is Kind.CONTAINER and kept.id not in containers:
                 findings.append(AuditFinding(kept.kind, kept.id, "kept container is gone"))

@@ -144,6 +144,30 @@ def test_an_image_tagged_again_between_plan_and_delete_stays(clean_engine, count
     assert image in inventory(engine).images
 
 
+def test_a_kept_image_that_gets_a_child_after_the_plan_is_not_reported_gone(clean_engine, count):
+    """A classic build commits a step image (untagged, no child yet: listed, kept for its unknown
+    age), then the next step's image on top of it, and from then on the engine lists it no more
+    (an untagged parent is hidden). The audit took that for a kept image gone (seen once in
+    the builds-beside-prunes race); it asks the engine about an image missing from its listing."""
+    engine = clean_engine
+    step = fixtures.busybox_image(engine)  # untagged, no time: kept as age unknown
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, greedy_policy(), now=snapshot.taken_at)
+    assert step in {o.id for o in the_plan.kept}
+    container = fixtures.run_container(engine, step, state="created")
+    with closing(engine.client()) as client:
+        child = client.api.commit(container)["Id"]  # the next step, on top of it
+        assert step not in {i["Id"] for i in client.api.images()}, "the engine still lists the parent"
+
+    result = Executor(sparkjoy, audit=True).execute(the_plan)
+
+    count(race_rounds=1, objects_checked=2, objects_lost=len(result.audit))
+    assert result.audit == (), result.audit
+    with closing(engine.client()) as client:
+        assert client.api.inspect_image(child)["Parent"] == step
+
+
 def _start_cli(host: str) -> subprocess.Popen:
     environment = cli_environment(host)
     return subprocess.Popen([str(SPARKJOY), "prune", "-f", "--audit", "--format", "json", *GREEDY_FLAGS],
