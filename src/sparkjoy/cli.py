@@ -124,10 +124,6 @@ def _fail(error: SparkjoyError) -> None:
 
 
 def _load(params: dict[str, Any]) -> config.Settings:
-    # Every command knows the [daemon] keys: one config file (or environment) serves the
-    # daemon and the commands run beside it, and `prune` shares the daemon's state_db.
-    from .daemon import settings as _daemon_keys  # noqa: F401 (registers them)
-
     return config.load(_flags(params), params.get("config_path"), flag_names=_flag_names())
 
 

@@ -168,6 +168,10 @@ EXTRA_SCHEMA: list[Key] = []  # sections added by other commands (the daemon reg
 
 
 def all_keys() -> tuple[Key, ...]:
+    # The [daemon] section's keys live with the daemon; every command knows them, as one file
+    # or environment serves the daemon and the commands run beside it.
+    from .daemon import settings as _daemon_keys  # noqa: F401 (registers them; a cheap import)
+
     return SCHEMA + tuple(EXTRA_SCHEMA)
 
 
@@ -334,6 +338,39 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def load_value(dotted: str, flag: Any = None, config_path: str | None = None,
+               environ: Mapping[str, str] | None = None) -> Any:
+    """Given one key, its flag's value (None: not given), a --config path and the environment,
+    return that key's checked value, or raise ConfigError for it alone.
+
+    For a command that needs one setting (``sparkjoy build`` needs the daemon's address): the
+    other keys and variables, and mistakes in them, are the other commands' business, and must
+    not stop a build from being announced to the daemon."""
+    environ = os.environ if environ is None else environ
+    keys = {_dotted(k): k for k in all_keys()}
+    key = keys[dotted]
+    problems: list[str] = []
+    path = _choose_file(config_path, environ, problems)  # a file named must be there, as for load()
+    if flag is not None:
+        raw: tuple[Any, str] | None = (flag, "flag --" + key.name.replace("_", "-"))
+    elif environ.get(key.env):
+        raw = (environ[key.env], f"environment variable {key.env}")
+    else:
+        raw = None
+        if path is not None:
+            from_file: dict[str, tuple[Any, str]] = {}
+            _read_file(path, keys, from_file, problems, report_unknown=False)
+            raw = from_file.get(dotted)
+    if problems:
+        raise ConfigError(problems)
+    if raw is None:
+        return key.default
+    try:
+        return key.parse(raw[0])
+    except (ValueError, TypeError) as error:
+        raise ConfigError([f"{raw[1]}: {dotted} = {_show(raw[0])}: {error}"]) from None
+
+
 def _choose_file(config_path: str | None, environ: Mapping[str, str], problems: list[str]) -> Path | None:
     explicit = config_path or environ.get("SPARKJOY_CONFIG")
     if explicit:
@@ -349,7 +386,8 @@ def _choose_file(config_path: str | None, environ: Mapping[str, str], problems: 
     return None
 
 
-def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, str]], problems: list[str]) -> None:
+def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, str]], problems: list[str],
+               report_unknown: bool = True) -> None:
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -372,53 +410,74 @@ def _read_file(path: Path, keys: Mapping[str, Key], raw: dict[str, tuple[Any, st
                 dotted = f"{name}.{sub}"
                 if dotted in keys:
                     raw[dotted] = (subvalue, f"{path}")
-                else:
+                elif report_unknown:
                     problems.append(f"{path}: unknown key [{name}] {sub}{_suggest(dotted, keys)}")
         elif name in keys and not keys[name].section:
             raw[name] = (value, f"{path}")
-        else:
+        elif report_unknown:
             problems.append(f"{path}: unknown key {name}{_suggest(name, keys)}")
 
 
 # SPARKJOY_* variables that are not settings: the config file's path, and the benchmark
 # scripts' cache (bench/README.md), which the sparkjoy they run inherits.
 NOT_SETTINGS = ("SPARKJOY_CONFIG", "SPARKJOY_BENCH_CACHE")
-# What Kubernetes sets in every pod of a namespace with a Service named sparkjoy or
-# sparkjoy-something (service links): SPARKJOY_SERVICE_HOST, always, and with it
-# SPARKJOY_SERVICE_PORT, SPARKJOY_PORT, SPARKJOY_PORT_9867_TCP_ADDR, ...
-_SERVICE_LINK = re.compile(r"SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?")
+# What a container gets for another one it reaches by the name sparkjoy or sparkjoy-something:
+# Kubernetes' service links (NAME_SERVICE_HOST, always, and NAME_SERVICE_PORT, NAME_PORT,
+# NAME_PORT_9867_TCP_ADDR, ...) and docker's legacy links (NAME_NAME=/..., always, and
+# NAME_PORT..., NAME_ENV_...). Only beside the variable every such set has.
+_LINK_SUFFIX = re.compile(r"SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?"
+                          r"|NAME|ENV_.*")
+# Names users guess for a setting that has another one.
+_GUESSES = {"DAEMON_PORT": "SPARKJOY_DAEMON_LISTEN", "DAEMON_HOST": "SPARKJOY_DAEMON_LISTEN",
+            "DAEMON_ADDRESS": "SPARKJOY_DAEMON_LISTEN", "PORT": "SPARKJOY_DAEMON_LISTEN",
+            "STATE": "SPARKJOY_DAEMON_STATE_DB", "DB": "SPARKJOY_DAEMON_STATE_DB"}
 
 
-def _service_link(name: str, environ: Mapping[str, str]) -> bool:
-    services = [n.removesuffix("_SERVICE_HOST") for n in environ if n.endswith("_SERVICE_HOST")]
-    return any(name.startswith(service + "_") and _SERVICE_LINK.fullmatch(name[len(service) + 1:])
-               for service in services)
+def _link_variable(name: str, environ: Mapping[str, str]) -> bool:
+    linked = [n.removesuffix("_SERVICE_HOST") for n in environ if n.endswith("_SERVICE_HOST")]
+    linked += [n.removesuffix("_NAME") for n, value in environ.items() if n.endswith("_NAME") and value.startswith("/")]
+    return any(name.startswith(prefix + "_") and _LINK_SUFFIX.fullmatch(name[len(prefix) + 1:])
+               for prefix in linked)
 
 
 def _unknown_variables(environ: Mapping[str, str], keys: Mapping[str, Key]) -> list[str]:
-    """Given the environment, return a problem for each SPARKJOY_* variable that is set and is
-    no setting: a misspelt one (SPARKJOY_KEEP_RECNET=10) would otherwise leave the default in
-    force without a word, and a prune delete what the user meant to keep."""
-    known = {key.env: dotted for dotted, key in keys.items()}
+    """Given the environment, return a problem for each SPARKJOY_* variable (in any case) that
+    is set and is no setting: a misspelt one (SPARKJOY_KEEP_RECNET=10) would otherwise leave the
+    default in force without a word, and a prune delete what the user meant to keep."""
+    known = [key.env for key in keys.values()]
+    by_key_name = {key.name.upper(): key.env for key in keys.values()}
     problems = []
     for name in sorted(environ):
-        if (not name.startswith("SPARKJOY_") or name in known or name in NOT_SETTINGS
-                or environ[name] == "" or _service_link(name, environ)):
+        if (not name.upper().startswith("SPARKJOY_") or name in known or name in NOT_SETTINGS
+                or environ[name] == "" or _link_variable(name, environ)):
             continue
-        close = _closest_variable(name, [*known, *NOT_SETTINGS], {key.name.upper(): key.env for key in keys.values()})
-        fix = f"did you mean {close}?" if close else "sparkjoy config --keys lists the settings and their variables"
+        close = _closest_variable(name.upper(), [*known, "SPARKJOY_CONFIG"], by_key_name)
+        if close == name.upper():
+            fix = f"did you mean {close}? variable names are case-sensitive"
+        elif close:
+            fix = f"did you mean {close}?"
+        else:
+            fix = "sparkjoy config --keys lists the settings and their variables"
         problems.append(f"environment variable {name}: not a sparkjoy setting ({fix}); rename or unset it")
     return problems
 
 
 def _closest_variable(name: str, variables: list[str], by_key_name: Mapping[str, str]) -> str | None:
-    """The variable the user probably meant: the one for a key of that name in another
-    section (SPARKJOY_HOST -> SPARKJOY_ENGINE_HOST), else the closest spelling, compared
+    """The variable the user probably meant: the same in upper case, one for a key of that
+    name in another section (SPARKJOY_HOST -> SPARKJOY_ENGINE_HOST), one users guess
+    (SPARKJOY_DAEMON_PORT -> SPARKJOY_DAEMON_LISTEN), else the closest spelling, compared
     without the prefix every name shares (which would make all of them look alike)."""
+    if name in variables:
+        return name
     rest = name.removeprefix("SPARKJOY_")
     if rest in by_key_name:
         return by_key_name[rest]
+    if rest in _GUESSES:
+        return _GUESSES[rest]
     names = {variable.removeprefix("SPARKJOY_"): variable for variable in variables}
+    longer = [variable for short, variable in names.items() if short.startswith(rest + "_")]
+    if len(longer) == 1:  # SPARKJOY_KEEP -> SPARKJOY_KEEP_RECENT
+        return longer[0]
     close = difflib.get_close_matches(rest, list(names), n=1)
     return names[close[0]] if close else None
 

@@ -469,3 +469,54 @@ def test_a_request_on_a_connection_kept_alive_past_stop_never_reaches_a_hook(rea
     finally:
         connection.close()
     assert hook.payloads == []
+
+
+# -- `sparkjoy build` and the library client need the daemon's address, and nothing else -------
+
+
+@pytest.mark.parametrize("how", ["variable", "config file"])
+def test_a_mistake_in_another_setting_never_keeps_a_build_from_being_announced(
+        server: ServiceServer, hooks: dict[str, Recorder], tmp_path, how: str) -> None:
+    """Once, an unknown SPARKJOY_* variable (or any bad setting) made `sparkjoy build` warn and
+    build unannounced, so the daemon could prune in the middle of it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    host, port = server.address
+    environment = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": str(tmp_path)}
+    if how == "variable":
+        environment.update(SPARKJOY_DAEMON_LISTEN=f"{host}:{port}", SPARKJOY_MAXAGE="2d", SPARKJOY_KEEP_RECENT="-1")
+    else:
+        config_file = tmp_path / "sparkjoy.toml"
+        config_file.write_text(f'max_agee = "2d"\nkeep_recent = -1\n[daemon]\nlisten = "{host}:{port}"\n')
+        environment.update(SPARKJOY_CONFIG=str(config_file))
+    sparkjoy = str(Path(sys.executable).with_name("sparkjoy"))
+    done = subprocess.run([sparkjoy, "build", "--id", "b-1", "--", "sh", "-c", "exit 5"], capture_output=True,
+                          text=True, env=environment, timeout=60)
+
+    assert done.returncode == 5, done.stderr
+    assert done.stderr == "", done.stderr
+    assert [p.get("id") for p in hooks["start"].payloads] == ["b-1"]
+    assert len(hooks["finish"].payloads) == 1
+
+
+def test_the_client_from_config_reads_the_address_alone_and_names_a_bad_one(tmp_path, monkeypatch) -> None:
+    from sparkjoy.daemon import Client
+
+    for name in [n for n in __import__("os").environ if n.upper().startswith("SPARKJOY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SPARKJOY_KEEP_RECNET", "10")  # another command's mistake: not the client's
+    monkeypatch.setenv("SPARKJOY_DAEMON_LISTEN", "127.0.0.1:19999")
+    assert Client.from_config().base_url == "http://127.0.0.1:19999"
+    assert Client.from_config(listen="[::1]:1234").base_url == "http://[::1]:1234"  # the flag wins
+
+    monkeypatch.setenv("SPARKJOY_DAEMON_LISTEN", "nowhere")
+    with pytest.raises(ConfigError) as caught:
+        Client.from_config()
+    assert caught.value.problems == [caught.value.problems[0]]
+    assert "environment variable SPARKJOY_DAEMON_LISTEN: daemon.listen = 'nowhere'" in caught.value.problems[0]
+    with pytest.raises(ConfigError, match="does not exist"):
+        Client.from_config(str(tmp_path / "missing.toml"))

@@ -15,16 +15,24 @@ loop; ``client`` is the library API for dev tools::
 
 from __future__ import annotations
 
-from typing import Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+if _TYPE_CHECKING:
+    from .client import Client, DaemonUnavailable
 
 __all__ = ["Client", "DaemonUnavailable"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Imported on first use: every command loads ``daemon.settings`` (the [daemon] keys of a
     # shared config file), which must not pull in the client, the HTTP server and the metrics.
     if name in __all__:
-        from . import client
-
-        return getattr(client, name)
+        return getattr(_importlib.import_module(".client", __name__), name)
+    if name == "client":  # reachable as an attribute, as when this package imported it
+        return _importlib.import_module(".client", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -44,11 +44,10 @@ class Client:
     def from_config(cls, config_path: str | None = None, listen: str | None = None, timeout: float = 5.0) -> "Client":
         """Given the config file (or None for the usual places), return a client for the daemon it configures."""
         from .. import config
-        from . import settings as daemon_settings  # registers the [daemon] keys
 
-        flags = {"daemon.listen": listen} if listen else {}
-        loaded = config.load(flags, config_path)
-        address = loaded.values.get("daemon.listen", daemon_settings.DEFAULT_LISTEN)
+        # The address alone: a mistake in another setting is not this client's to report, and
+        # must not keep a build from being announced.
+        address = config.load_value("daemon.listen", listen, config_path)
         if not address:
             raise DaemonUnavailable("the daemon's HTTP endpoints are off (daemon.listen = \"off\")")
         return cls(address, timeout)
