@@ -123,8 +123,8 @@ def _fail(error: SparkjoyError) -> None:
     sys.exit(int(error.exit_code))
 
 
-def _load(params: dict[str, Any]) -> config.Settings:
-    return config.load(_flags(params), params.get("config_path"), flag_names=_flag_names())
+def _load(params: dict[str, Any], checks: tuple = ()) -> config.Settings:
+    return config.load(_flags(params), params.get("config_path"), flag_names=_flag_names(), checks=checks)
 
 
 def _state_path(settings: config.Settings) -> Path:
@@ -401,7 +401,7 @@ def config_command(**params: Any) -> None:
 
     Exit codes: 0 the settings are valid, 2 a setting is wrong (each problem is named).
     """
-    from .daemon.settings import DaemonSettings
+    from .daemon.settings import DaemonSettings, contradictions
 
     if params["keys"]:
         for key in config.all_keys():
@@ -409,8 +409,8 @@ def config_command(**params: Any) -> None:
             click.echo(f"{where}{key.name}  (env {key.env})\n    {key.description}\n    example: {key.example}")
         return
     try:
-        settings = _load(params)
-        DaemonSettings.from_settings(settings)  # what `run` rejects is not valid here either
+        settings = _load(params, checks=(contradictions,))  # what `run` rejects, with every other problem
+        DaemonSettings.from_settings(settings)
     except SparkjoyError as error:
         _fail(error)
         return

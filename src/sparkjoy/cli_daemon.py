@@ -77,7 +77,8 @@ def run_command(**params: Any) -> None:
         if params.get("as_of"):
             raise ConfigError("--as-of applies to one-shot commands (df, prune), not to `run`")
         settings = config.load(_daemon_flags(params), params.get("config_path"),
-                               flag_names=_flag_names({**FLAG_KEYS, **DAEMON_FLAGS}))
+                               flag_names=_flag_names({**FLAG_KEYS, **DAEMON_FLAGS}),
+                               checks=(daemon_settings.contradictions,))
         daemon = daemon_settings.DaemonSettings.from_settings(settings)
         configure_logging(daemon.log_format, logging.DEBUG if params["verbose"] else logging.INFO)
         supervisor = Supervisor(settings, daemon)

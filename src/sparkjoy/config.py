@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .engine.connect import ADDRESS_FORMS, address_problem
 from .errors import ConfigError
@@ -209,12 +209,15 @@ def load(
     config_path: str | None = None,
     environ: Mapping[str, str] | None = None,
     flag_names: Mapping[str, str] | None = None,
+    checks: Sequence[Callable[[Mapping[str, Any]], list[str]]] = (),
 ) -> Settings:
     """Given flags (dotted key -> raw value, only those the user gave), a --config path and the
     environment, return checked Settings or raise ConfigError listing every problem.
 
     ``flag_names`` (dotted key -> the option as the user types it, such as ``--label`` for
-    ``labels``) names a flag in problems; without it a flag is named after its key."""
+    ``labels``) names a flag in problems; without it a flag is named after its key. ``checks``
+    find settings that contradict each other: each is given the values by dotted key (a key
+    whose value is wrong is missing) and returns its problems, reported with every other."""
     environ = os.environ if environ is None else environ
     flags = flags or {}
     keys = {(_dotted(k)): k for k in all_keys()}
@@ -261,6 +264,8 @@ def load(
                 keys[dotted].parse(value)
             except (ValueError, TypeError) as error:
                 problems.append(f"{source}: {dotted} = {_show(value)}: {error}")
+    for check in checks:
+        problems.extend(check(values))
     if problems:
         raise ConfigError(problems)
     try:

@@ -95,6 +95,28 @@ def test_config_rejects_contradicting_daemon_settings_from_the_environment(spark
     assert done.exit_code == 2 and "daemon.interval" in done.stderr and "daemon.num_builds" in done.stderr
 
 
+def test_contradictions_come_with_every_other_problem_at_once(sparkjoy: Invoke, tmp_path: Path) -> None:
+    # Once a wrong value hid them: fixed, the next run brought the contradictions.
+    path = tmp_path / "c.toml"
+    path.write_text('max_age = "bogus"\n[daemon]\ninterval = "1h"\nnum_builds = 3\n'
+                    'high_watermark = "80%"\nlow_watermark = "2GB"\n')
+    for command in (["config"], ["run"]):
+        done = sparkjoy(*command, "--config", str(path), env={"SPARKJOY_TYPO": "1"})
+        assert done.exit_code == 2, (command, done.output)
+        for words in ("max_age = 'bogus'", "SPARKJOY_TYPO", "daemon.interval (1h) and daemon.num_builds (3)",
+                      "daemon.high_watermark (80%) and daemon.low_watermark (2GB) mix"):
+            assert words in done.stderr, (command, words, done.stderr)
+
+
+def test_a_wrong_value_is_not_also_reported_as_a_contradiction(sparkjoy: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nhigh_watermark = "lots"\nlow_watermark = "2GB"\n')
+    done = sparkjoy("config", "--config", str(path))
+    assert done.exit_code == 2
+    assert "high_watermark = 'lots'" in done.stderr
+    assert "is set but" not in done.stderr, done.stderr  # the high mark is set, only wrong
+
+
 def test_config_accepts_consistent_daemon_settings(sparkjoy: Invoke, tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[daemon]\nnum_builds = 5\nhigh_watermark = "90%"\nlow_watermark = "80%"\n')

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .. import config
 from ..errors import ConfigError
@@ -177,6 +177,43 @@ def register() -> None:
 register()
 
 
+def contradictions(values: Mapping[str, Any]) -> list[str]:
+    """Given settings by dotted key (a key missing: unknown, its value was wrong), return a
+    problem for each pair of [daemon] settings that contradict each other, naming both.
+
+    ``config.load`` runs it for `sparkjoy run` and `sparkjoy config` (``checks``), so they
+    come with every other problem at once."""
+    def known(name: str) -> bool:
+        return f"daemon.{name}" in values
+
+    def get(name: str) -> Any:
+        return values[f"daemon.{name}"]
+
+    problems = []
+    if known("interval") and known("num_builds") and get("interval") is not None and get("num_builds"):
+        problems.append(
+            f"daemon.interval ({_show(get('interval'))}) and daemon.num_builds ({get('num_builds')}) "
+            "contradict each other: prune on an interval or every N builds, not both; remove one"
+        )
+    if not (known("high_watermark") and known("low_watermark")):
+        return problems
+    high, low = get("high_watermark"), get("low_watermark")
+    if low is not None and high is None:
+        problems.append("daemon.low_watermark is set but daemon.high_watermark is not: set both, or neither")
+    if high is not None and low is not None:
+        if high.is_percent != low.is_percent:
+            problems.append(
+                f"daemon.high_watermark ({high}) and daemon.low_watermark ({low}) mix a percentage with a "
+                "size: use the same kind for both"
+            )
+        elif (high.percent or high.bytes or 0) < (low.percent or low.bytes or 0):
+            problems.append(
+                f"daemon.low_watermark ({low}) is above daemon.high_watermark ({high}): the low mark must "
+                "not be above the high one"
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     """Checked daemon settings. Build with ``from_settings``; invariants hold once it exists."""
@@ -199,28 +236,10 @@ class DaemonSettings:
     def from_settings(cls, settings: config.Settings) -> "DaemonSettings":
         """Given loaded settings, return the daemon's, or raise ConfigError naming every contradiction."""
         values = {key.name: settings.values.get(f"daemon.{key.name}", key.default) for key in KEYS}
-        problems = []
-        if values["interval"] is not None and values["num_builds"]:
-            problems.append(
-                f"daemon.interval ({_show(values['interval'])}) and daemon.num_builds ({values['num_builds']}) "
-                "contradict each other: prune on an interval or every N builds, not both; remove one"
-            )
-        high, low = values["high_watermark"], values["low_watermark"]
-        if low is not None and high is None:
-            problems.append("daemon.low_watermark is set but daemon.high_watermark is not: set both, or neither")
-        if high is not None and low is not None:
-            if high.is_percent != low.is_percent:
-                problems.append(
-                    f"daemon.high_watermark ({high}) and daemon.low_watermark ({low}) mix a percentage with a "
-                    "size: use the same kind for both"
-                )
-            elif (high.percent or high.bytes or 0) < (low.percent or low.bytes or 0):
-                problems.append(
-                    f"daemon.low_watermark ({low}) is above daemon.high_watermark ({high}): the low mark must "
-                    "not be above the high one"
-                )
+        problems = contradictions(settings.values)
         if problems:
             raise ConfigError(problems)
+        high, low = values["high_watermark"], values["low_watermark"]
         if high is not None and low is None:
             low = (Watermark(percent=max(high.percent - 5, high.percent / 2)) if high.is_percent
                    else Watermark(bytes=int(high.bytes * 0.9)))
