@@ -43,7 +43,8 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 @click.option("--interval", help="Prune this often (default 1h). Not with --num-builds.")
 @click.option("--num-builds", type=int, help="Prune every N builds the engine reports, instead of on an interval.")
 @click.option("--high-watermark", help="Evict least recently used images and build cache when usage passes this: "
-              "a percentage of the data root's filesystem (85%) or bytes of Docker usage (20GB).")
+              "a percentage of the data root's filesystem (85%) or bytes of Docker usage (20GB); "
+              "a number without its unit is refused.")
 @click.option("--low-watermark", help="Evict until usage is under this (same kind as --high-watermark).")
 @click.option("--data-root", help="Where the engine's data root is visible here, for percentage marks.")
 @click.option("--state-db", help="The state database (default $XDG_STATE_HOME/sparkjoy/state.db, "

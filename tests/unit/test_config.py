@@ -301,6 +301,11 @@ def test_every_problem_is_reported_at_once_with_its_source_key_and_value(tmp_pat
         ('[daemon]\nhigh_watermark = "' + "9" * 400 + 'PB"', ["daemon.high_watermark", "larger than the engine"]),
         ('[daemon]\nhigh_watermark = "150%"', ["daemon.high_watermark", "between 0% and 100%"]),
         ("[daemon]\nhigh_watermark = 1.5", ["daemon.high_watermark", "1.5"]),
+        # A bare number: 85 meant as 85% was taken as 85 bytes, and the daemon evicted at once.
+        ("[daemon]\nhigh_watermark = 85", ["daemon.high_watermark", "did you mean '85%' or '85GB' or '85B'?"]),
+        ('[daemon]\nhigh_watermark = "85"', ["daemon.high_watermark", "did you mean '85%'"]),
+        ('[daemon]\nlow_watermark = "0.85"', ["daemon.low_watermark", "did you mean '85%' or '0.85%' or '0.85GB'?"]),
+        ("[daemon]\nhigh_watermark = 2000000000", ["daemon.high_watermark", "did you mean '2000000000GB' or '2000000000B'?"]),
     ],
 )
 def test_a_wrong_value_in_the_file_is_an_error_naming_key_and_value(tmp_path: Path, line: str, words) -> None:
@@ -501,9 +506,9 @@ RAW_VALUES = {
     "engine.timeout": _DURATIONS,
     "daemon.scope_from_builds": st.booleans(), "daemon.disable": st.booleans(), "daemon.interval": _DURATIONS,
     "daemon.num_builds": st.integers(0, 10**9),
-    "daemon.high_watermark": st.floats(0, 100).map(lambda p: f"{p!r}%") | st.integers(1, 2**63 - 1)
+    "daemon.high_watermark": st.floats(0, 100).map(lambda p: f"{p!r}%") | st.integers(1, 2**63 - 1).map(lambda n: f"{n}B")
     | st.integers(1, 10**6).map(lambda n: f"{n / 1000}GB"),
-    "daemon.low_watermark": st.floats(0, 100).map(lambda p: f"{p}%") | st.integers(1, 2**63 - 1),
+    "daemon.low_watermark": st.floats(0, 100).map(lambda p: f"{p}%") | st.integers(1, 2**63 - 1).map(lambda n: f"{n}B"),
     "daemon.data_root": _TEXTS, "daemon.state_db": _TEXTS, "daemon.build_wait_limit": _DURATIONS,
     "daemon.quiet_period": _DURATIONS,
     "daemon.listen": st.sampled_from(["127.0.0.1:9867", "off", "[::1]:80", "0.0.0.0:1", "localhost:9"]),

@@ -9,6 +9,7 @@ settings that contradict each other, naming both keys.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +47,19 @@ class Watermark:
 
 
 def parse_watermark(value: Any) -> Watermark:
-    """Given ``"85%"`` or a size such as ``"20GB"``, return a Watermark."""
+    """Given ``"85%"`` or a size such as ``"20GB"``, return a Watermark. A bare number is
+    refused: ``85`` meant as 85% would be a mark of 85 bytes, and the daemon would evict
+    everything it may at once."""
+    bare = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        bare = float(value)
+    if bare is not None:
+        number = value.strip() if isinstance(value, str) else str(value)
+        guesses = [f"'{bare * 100:g}%'"] if 0 < bare < 1 else []  # a fraction: 0.85 -> 85%
+        guesses += [f"'{number}%'"] if 0 < bare < 100 else []
+        guesses += [f"'{number}GB'"] + ([f"'{number}B'"] if float(bare).is_integer() else [])
+        raise ValueError(f"a bare number is no mark: a percentage of the filesystem or a size needs its "
+                         f"unit (did you mean {' or '.join(guesses)}?)")
     if isinstance(value, str) and value.strip().endswith("%"):
         number = value.strip()[:-1].strip()
         try:
@@ -131,7 +144,8 @@ KEYS = (
     config.Key("high_watermark", parse_watermark, None,
                "Disk pressure: when usage passes this mark (a percentage of the filesystem holding "
                "Docker's data root, or a size of Docker usage), evict least recently used images and build "
-               "cache until under low_watermark. Off by default.", 'high_watermark = "85%"',
+               "cache until under low_watermark. With its unit: a bare number is refused. Off by default.",
+               'high_watermark = "85%"',
                section="daemon", show=show_watermark, unset="no eviction under disk pressure"),
     config.Key("low_watermark", parse_watermark, None,
                "Where eviction stops (same kind of mark as high_watermark; default: 5 points or 10% below it).",
