@@ -40,7 +40,7 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 @main.command("run", context_settings=CONTEXT)
 @engine_options
 @policy_options
-@click.option("--interval", help="Prune this often (default 1h). Not with --num-builds.")
+@click.option("--interval", help="Prune this often, from the last prune (default 1h). Not with --num-builds.")
 @click.option("--num-builds", type=int, help="Prune every N builds the engine reports, instead of on an interval.")
 @click.option("--high-watermark", help="Evict least recently used images and build cache when usage passes this: "
               "a percentage of the data root's filesystem (85%) or bytes of Docker usage (20GB); "
@@ -50,7 +50,8 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 @click.option("--state-db", help="The state database (default $XDG_STATE_HOME/sparkjoy/state.db, "
               "/var/lib/sparkjoy/state.db as root).")
 @click.option("--build-wait-limit", help="Longest a due prune waits for builds in progress (default 30m).")
-@click.option("--quiet-period", help="First prune after a build, or after this long without one (default 2m).")
+@click.option("--quiet-period", help="The first prune after start, once due, waits for a build, or this long "
+              "without one (default 2m).")
 @click.option("--listen", help="HOST:PORT of /healthz, /readyz, /metrics and the build notifications "
               "(default 127.0.0.1:9867; \"off\" to disable).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log as plain text or JSON lines.")
@@ -63,8 +64,9 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 def run_command(**params: Any) -> None:
     """Run the pruner as a service: prune at the right moments, never while a build runs.
 
-    When: once after the first build finishes (or a quiet period), then every --interval or
-    every --num-builds builds; at once when asked (POST /prune, SIGUSR1, `sparkjoy notify prune`);
+    When: every --interval or every --num-builds builds, counted from the last prune (a restart
+    does not reset that); the first after start waits for a build to finish (or a quiet period);
+    at once when asked (POST /prune, SIGUSR1, `sparkjoy notify prune`);
     and under disk pressure (--high-watermark) it evicts least recently used images and build
     cache until usage is under --low-watermark.
 

@@ -208,8 +208,8 @@ def test_with_size_watermarks_a_recently_used_image_outlives_newer_images_nobody
     seeded.close()
     usage = DockerEngine.connect(engine.host).usage()
 
-    with RunningDaemon(engine, tmp_path, high_watermark=str(usage - 500 * KB),
-                       low_watermark=str(usage - 3 * MB)) as daemon:
+    with RunningDaemon(engine, tmp_path, high_watermark=f"{usage - 500 * KB}B",
+                       low_watermark=f"{usage - 3 * MB}B") as daemon:
         (summary,) = daemon.wait_for(lambda: daemon.supervisor.prunes, "an eviction")
 
     assert summary.trigger == "pressure"

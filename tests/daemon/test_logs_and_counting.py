@@ -107,3 +107,31 @@ def test_a_real_docker_build_counts_as_a_build(clean_engine, tmp_path: Path, bui
         build(engine, BUSYBOX_BASE + "RUN echo again > /again\n", "counted:2", buildkit=buildkit)
         daemon.wait_for(lambda: daemon.supervisor.state.prune_mark().builds_seen == before + 2,
                         "the second build to be counted")
+
+
+def test_builds_replayed_from_before_the_start_are_counted_but_do_not_start_the_first_prune(
+        clean_engine, tmp_path: Path) -> None:
+    """From a new user's trial: a build made while the daemon was down, replayed by the event
+    stream at start, counted as 'a build has finished', and the daemon pruned 0.13 s after it
+    started, before the morning's first builds had touched what they need."""
+    engine = clean_engine
+    built = [import_image(engine, 1000, tag_on_load=True) for _ in range(3)]
+    with RunningDaemon(engine, tmp_path, disable=True) as first:  # leaves its event mark
+        with closing(engine.client()) as client:
+            client.api.tag(built[2], "seen-by-the-first", "1")
+        first.wait_for(lambda: first.supervisor.state.prune_mark().builds_seen >= 1, "an event read and marked")
+    with closing(engine.client()) as client:
+        client.api.tag(built[0], "made-while-down", "1")  # a build while no daemon runs
+
+    with RunningDaemon(engine, tmp_path) as second:  # num_builds off, the default 1h interval
+        second.wait_for(lambda: second.supervisor.state.prune_mark().builds_seen >= 2, "the replayed build counted")
+        second.wait_for(lambda: "waits for a build to finish" in second.supervisor.last_decision,
+                        "the first prune to wait")
+        assert not second.supervisor.build_finished_since_start
+        assert second.supervisor.prunes == []
+
+        with closing(engine.client()) as client:
+            client.api.tag(built[1], "made-now", "1")  # the first build since the start
+        first_prune = second.wait_for(lambda: second.supervisor.prunes, "the first prune")[0]
+        assert first_prune.trigger == "first"
+        assert "a build has finished" in first_prune.reason

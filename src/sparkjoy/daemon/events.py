@@ -126,6 +126,7 @@ class Learned:
     builds: int = 0
     build_finished: bool = False
     last_nanos: int | None = None
+    last_build_nanos: int | None = None  # when the newest build counted was tagged (engine clock)
 
 
 class EventInterpreter:
@@ -191,6 +192,8 @@ class EventInterpreter:
             if image is not None and self.policy.image_in_scope(image) is None:
                 learned.builds += 1
                 learned.build_finished = True
+                if learned.last_build_nanos is None or observation.nanos > learned.last_build_nanos:
+                    learned.last_build_nanos = observation.nanos
 
     def _container_image(self, observation: Observation) -> str | None:
         cached = self._container_images.get(observation.container)

@@ -136,7 +136,8 @@ KEYS = (
                "Run without ever pruning (the daemon still records last use).", "disable = false",
                section="daemon"),
     config.Key("interval", _optional_duration, None,
-               "Prune this often (default 1h). Not together with num_builds.", 'interval = "1h"',
+               "Prune this often, counted from the last prune, across restarts (default 1h). Not together "
+               "with num_builds.", 'interval = "1h"',
                section="daemon", unset="1h, unless num_builds is set"),
     config.Key("num_builds", config._whole(0), 0,
                "Prune after every N builds the engine reports (images of the scope built or tagged) "
@@ -165,7 +166,8 @@ KEYS = (
                "(objects a running build uses are never removed).", 'build_wait_limit = "30m"',
                section="daemon"),
     config.Key("quiet_period", _non_negative_duration, timedelta(minutes=2),
-               "The first prune waits for a build to finish, or this long after start when none comes.",
+               "The first prune after start, once due, waits for a build to finish, or this long after "
+               "start when none comes.",
                'quiet_period = "2m"', section="daemon"),
     config.Key("listen", _listen, DEFAULT_LISTEN,
                "Address of /healthz, /readyz, /metrics and the build notifications (POST /build/start, "

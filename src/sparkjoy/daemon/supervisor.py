@@ -192,6 +192,9 @@ class Supervisor:
         self.pruned_since_start = False
         self.last_prune_here: datetime | None = None
         self.build_finished_since_start = False
+        # The engine's clock when the daemon first reached it: builds the event stream replays
+        # from before are counted, but do not set build_finished_since_start.
+        self._start_nanos: int | None = None
         self.prune_requested = False
         self.waiting_since: datetime | None = None
         self.announced_builds: dict[str, datetime] = {}
@@ -325,6 +328,8 @@ class Supervisor:
 
     def _serve(self, engine: DockerEngine) -> None:
         self._engine = engine
+        if self._start_nanos is None:
+            self._start_nanos = engine.clock_nanos() or time.time_ns()
         assert self.state is not None
         engine.know_histories(self.state.histories())  # read by an earlier start or a one-shot run
         self.interpreter = EventInterpreter(DockerResolver(engine), self._counting_policy())
@@ -460,7 +465,10 @@ class Supervisor:
         nanos = max((o.nanos for o in observations), default=None)
         self.state.record_events(learned.uses, learned.builds, nanos, self.clock())
         if learned.builds:
-            self.build_finished_since_start = True
+            # Builds the events replay from before the start count towards num_builds, but
+            # are no reason for the first prune: not at the moment the daemon starts.
+            if learned.last_build_nanos is not None and learned.last_build_nanos > (self._start_nanos or 0):
+                self.build_finished_since_start = True
             log.debug("counted %d build(s) from the engine's events", learned.builds)
 
     # -- deciding ------------------------------------------------------------------------

@@ -13,13 +13,14 @@ The rules, in order:
    After that the prune goes ahead (and says it waited in vain): objects a running build
    uses are never removed anyway, so the bound only stops a stuck build from switching
    the pruner off.
-3. A prune asked for (``sparkjoy ctl prune``, the control socket, SIGUSR1), then disk
+3. A prune asked for (``sparkjoy notify prune``, ``POST /prune``, SIGUSR1), then disk
    pressure, are due at once.
-4. The first prune after start: once at least one build has finished, or when
+4. Every ``num_builds`` builds when that is set, else every ``interval`` since the last
+   prune (both remembered across restarts: a restart does not reset the schedule).
+5. The first prune after start, once rule 4 says one is due: when a build has finished
+   since the start (builds the events replay from before it do not count), or when
    ``quiet_period`` has passed since start without one (so an engine where nobody builds
    still gets pruned).
-5. Then every ``num_builds`` builds when that is set, else every ``interval`` since the
-   last prune (remembered across restarts).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Situation:
 
     ``builds_seen`` and ``builds_at_last_prune`` count builds on one counter (kept in the
     state database, so it survives restarts). ``pruned_since_start``: a prune already ran in
-    this process (the first one follows rule 4). ``waiting_since``: when a due prune was
+    this process (the first one follows rule 5). ``build_finished_since_start``: a build
+    finished after the start (not one the events replayed from before it). ``waiting_since``: when a due prune was
     first held back by a build, None when none is being held back.
     """
 
@@ -90,25 +92,35 @@ def due_trigger(settings: TriggerSettings, situation: Situation, now: datetime) 
         return Trigger.REQUESTED, "a prune was asked for"
     if situation.disk_pressure:
         return Trigger.DISK_PRESSURE, "disk usage is above the high watermark"
-    if not situation.pruned_since_start:
-        if situation.build_finished_since_start:
-            return Trigger.FIRST, "first prune since start: a build has finished"
-        quiet = now - situation.started_at
-        if quiet >= settings.quiet_period:
-            return Trigger.FIRST, (
-                f"first prune since start: no build in the quiet period ({format_duration(settings.quiet_period)})"
-            )
-        return None, (
-            f"first prune waits for a build to finish or the quiet period to pass "
-            f"({format_duration(settings.quiet_period - quiet)} left)"
+    trigger, why = _scheduled(settings, situation, now)
+    if trigger is None or situation.pruned_since_start:
+        return trigger, why
+    # The first prune after start, once the schedule says one is due (a restart does not
+    # reset it): not at the moment the daemon starts, but once a build has finished since, or
+    # after the quiet period, so that the first builds of the day touch what they need first.
+    if situation.build_finished_since_start:
+        return Trigger.FIRST, f"first prune since start ({why}): a build has finished"
+    quiet = now - situation.started_at
+    if quiet >= settings.quiet_period:
+        return Trigger.FIRST, (
+            f"first prune since start ({why}): no build in the quiet period ({format_duration(settings.quiet_period)})"
         )
+    return None, (
+        f"first prune ({why}) waits for a build to finish or the quiet period to pass "
+        f"({format_duration(settings.quiet_period - quiet)} left)"
+    )
+
+
+def _scheduled(settings: TriggerSettings, situation: Situation, now: datetime) -> tuple[Trigger | None, str]:
+    """Every ``num_builds`` builds, else every ``interval``, both counted from the last prune
+    (remembered across restarts). Never pruned: due."""
+    if situation.last_prune is None:
+        return Trigger.INTERVAL if settings.num_builds <= 0 else Trigger.BUILDS, "no prune remembered"
     if settings.num_builds > 0:
         since = situation.builds_seen - situation.builds_at_last_prune
         if since >= settings.num_builds:
             return Trigger.BUILDS, f"{since} builds since the last prune (num_builds {settings.num_builds})"
         return None, f"{since} of {settings.num_builds} builds since the last prune"
-    if situation.last_prune is None:
-        return Trigger.INTERVAL, "no prune remembered"
     elapsed = now - situation.last_prune
     if elapsed >= settings.interval:
         return Trigger.INTERVAL, (

@@ -340,6 +340,11 @@ class DockerEngine:
                 found.setdefault(name, set()).add(image_id)
         return found
 
+    def clock_nanos(self) -> int | None:
+        """The engine's clock now, in unix nanoseconds (the time its events are stamped in), or
+        None when it does not say."""
+        return self._engine_clock()[0]
+
     def _engine_clock(self) -> tuple[int | None, str]:
         """From ``GET /info``: the engine's clock now, in unix nanoseconds (to the microsecond;
         the Date header has whole seconds only), or None when it does not say; and what tells
