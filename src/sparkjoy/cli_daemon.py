@@ -190,10 +190,11 @@ def notify_command(what: str, build_id: str | None, **params: Any) -> None:
     sparkjoy notify build-start ci-42     a build starts (prints its id)
     sparkjoy notify build-finish ci-42    ... and finished
 
-    Exit codes: 0 the daemon took it, 2 usage or config error, 3 no daemon answers at its
-    address (not running, or listening elsewhere: see --listen / SPARKJOY_DAEMON_LISTEN).
+    Exit codes: 0 the daemon took it, 1 the daemon refused it (a build id it does not know,
+    pruning disabled), 2 usage or config error, 3 no daemon answers at its address (not
+    running, or listening elsewhere: see --listen / SPARKJOY_DAEMON_LISTEN).
     """
-    from .daemon.client import DaemonUnavailable
+    from .daemon.client import DaemonRefused, DaemonUnavailable
 
     try:
         client = _client(params)
@@ -208,6 +209,9 @@ def notify_command(what: str, build_id: str | None, **params: Any) -> None:
             client.build_finished(build_id)
     except ConfigError as error:
         _fail(error)
+    except DaemonRefused as error:
+        click.echo(f"sparkjoy: error: {error}", err=True)
+        sys.exit(int(ExitCode.FAILED))
     except DaemonUnavailable as error:
         click.echo(f"sparkjoy: error: {error}", err=True)
         sys.exit(int(ExitCode.UNREACHABLE))

@@ -210,3 +210,41 @@ def test_a_build_announced_and_never_finished_holds_a_prune_back_only_until_the_
                                          timeout=30)
     assert summary.removed["image"] >= 1 and not image_exists(engine, old)
     assert "build stuck-build was announced 3s ago and never finished; no longer waiting for it" in caplog.text
+    # The gauge follows (it stayed at 1 once); and the dropped id is no build in progress any more.
+    assert daemon.supervisor.metrics.builds_in_flight._value.get() == 0
+    assert daemon.supervisor.build_finished("stuck-build") is False
+
+
+def test_a_finish_for_a_build_never_announced_is_refused_and_said(engine, tmp_path) -> None:
+    """From a new user's trial: `notify build-finish typo-42` exited 0 in silence, and the real
+    build went on holding prunes back until build_wait_limit."""
+    with RunningDaemon(engine, tmp_path) as daemon:
+        address = "%s:%d" % daemon.supervisor.http.address
+        started = Client(address).build_started("ci-42")
+        result = subprocess.run([SPARKJOY, "notify", "build-finish", "typo-42", "--listen", address],
+                                capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert "refused /build/finish (404): no build 'typo-42' is in progress here" in result.stderr
+        daemon.wait_for(lambda: "ci-42" in daemon.supervisor.announced_builds, "the real build announced")
+
+        done = subprocess.run([SPARKJOY, "notify", "build-finish", started, "--listen", address],
+                              capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        daemon.wait_for(lambda: daemon.supervisor.announced_builds == {}, "the real build finished")
+        again = subprocess.run([SPARKJOY, "notify", "build-finish", started, "--listen", address],
+                               capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+        assert again.returncode == 1 and "finished already" in again.stderr
+
+
+def test_a_prune_asked_of_a_disabled_daemon_is_refused_and_said(engine, tmp_path, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="sparkjoy"):
+        with RunningDaemon(engine, tmp_path, disable=True) as daemon:
+            result = subprocess.run([SPARKJOY, "notify", "prune", "--listen", "%s:%d" % daemon.supervisor.http.address],
+                                    capture_output=True, text=True, env={"HOME": str(tmp_path)}, timeout=60)
+            assert result.returncode == 1, result.stderr
+            assert "pruning is disabled (daemon.disable)" in result.stderr
+            daemon.supervisor.request_prune()  # SIGUSR1's way: logged, not done
+            daemon.wait_for(lambda: "a prune was asked for, but pruning is disabled" in caplog.text, "the warning")
+    assert daemon.supervisor.prunes == []

@@ -19,9 +19,9 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 if _TYPE_CHECKING:
-    from .client import Client, DaemonUnavailable
+    from .client import Client, DaemonRefused, DaemonUnavailable
 
-__all__ = ["Client", "DaemonUnavailable"]
+__all__ = ["Client", "DaemonRefused", "DaemonUnavailable"]
 
 
 def __getattr__(name: str) -> object:

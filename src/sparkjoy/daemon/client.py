@@ -34,6 +34,14 @@ class DaemonUnavailable(SparkjoyError):
     """No sparkjoy daemon answered at the address, or it refused the request."""
 
 
+class DaemonRefused(DaemonUnavailable):
+    """The daemon answered, and refused the request (an unknown build id, pruning disabled)."""
+
+    def __init__(self, message: str, status: int):
+        self.status = status
+        super().__init__(message)
+
+
 class Client:
     def __init__(self, address: str = DEFAULT_LISTEN, timeout: float = 5.0):
         host, port = parse_listen(address)
@@ -62,8 +70,12 @@ class Client:
                 body = response.read()
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace").strip()
-            raise DaemonUnavailable(f"the sparkjoy daemon at {self.base_url} refused {path}: "
-                                    f"{error.code} {detail}") from None
+            try:
+                detail = json.loads(detail).get("error") or detail
+            except (ValueError, AttributeError):
+                pass
+            raise DaemonRefused(f"the sparkjoy daemon at {self.base_url} refused {path} ({error.code}): {detail}",
+                                error.code) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise DaemonUnavailable(f"no sparkjoy daemon answered at {self.base_url} ({reason}); "

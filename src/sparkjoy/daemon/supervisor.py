@@ -198,6 +198,11 @@ class Supervisor:
         self.prune_requested = False
         self.waiting_since: datetime | None = None
         self.announced_builds: dict[str, datetime] = {}
+        # The ids announced and not finished, kept by the HTTP threads themselves, so that a
+        # finish for an id never announced (a typo) is refused at once, not taken in silence
+        # while the real build holds prunes back for build_wait_limit.
+        self._open_builds: set[str] = set()
+        self._open_builds_lock = threading.Lock()
         self.engine_in_use_records = 0
         self.disk_pressure = False
         self.pressure_blocked_at: datetime | None = None  # an eviction could not reach the low mark
@@ -231,11 +236,19 @@ class Supervisor:
     def build_started(self, build_id: str | None = None) -> str:
         """A dev tool says a build starts; returns the id to finish it with."""
         build_id = build_id or uuid.uuid4().hex[:12]
+        with self._open_builds_lock:
+            self._open_builds.add(build_id)
         self._queue.put((None, "build-start", build_id))
         return build_id
 
-    def build_finished(self, build_id: str) -> None:
+    def build_finished(self, build_id: str) -> bool:
+        """A dev tool says the build finished; False when no build of that id is in progress."""
+        with self._open_builds_lock:
+            if build_id not in self._open_builds:
+                return False
+            self._open_builds.discard(build_id)
         self._queue.put((None, "build-finish", build_id))
+        return True
 
     def claim(self, repositories: list[str]) -> None:
         """A dev tool says these repository globs are its own (used with ``scope_from_builds``)."""
@@ -430,8 +443,11 @@ class Supervisor:
             elif what == "ended":
                 lost = payload
             elif what == "prune":
-                self.prune_requested = True
-                log.info("prune asked for")
+                if self.daemon.disable:
+                    log.warning("a prune was asked for, but pruning is disabled (daemon.disable)")
+                else:
+                    self.prune_requested = True
+                    log.info("prune asked for")
             elif what == "build-start":
                 self.announced_builds[payload] = self.clock()
                 log.info("build %s announced as starting", payload)
@@ -478,6 +494,8 @@ class Supervisor:
         stale = [b for b, at in self.announced_builds.items() if now - at > self.daemon.build_wait_limit]
         for build_id in stale:
             del self.announced_builds[build_id]
+            with self._open_builds_lock:
+                self._open_builds.discard(build_id)
             log.warning("build %s was announced %s ago and never finished; no longer waiting for it", build_id,
                         format_duration(self.daemon.build_wait_limit))
         parts = []
@@ -504,6 +522,10 @@ class Supervisor:
         assert self.state is not None and self.started_at is not None
         mark = self.state.prune_mark()
         in_flight, detail = self._builds_in_flight(now)
+        try:
+            self.metrics.set_builds_in_flight(in_flight)  # fresh on every tick: stale announcements drop here
+        except Exception:
+            pass
         # The remembered time, or this process's own when the database could not keep it:
         # a failing database must never turn into a prune on every tick.
         last_prune = max((t for t in (mark.when, self.last_prune_here) if t is not None), default=None)
@@ -720,9 +742,15 @@ class Supervisor:
         )
         self.prunes.append(summary)
         log.info("%s", summary.line(), extra={"fields": summary.fields()})
+        skipped = [f for f in result.failures if f.outcome is Outcome.SKIPPED]
         for failure in result.failures:
-            log.warning("%s %s %s: %s", failure.outcome.value, failure.planned.kind.value, failure.planned.id,
-                        failure.detail)
+            # The objects a stop left alone are one line (a stop during a big prune gave one
+            # warning per object, 833 in 10 ms), each of them at debug level.
+            level = logging.DEBUG if failure.outcome is Outcome.SKIPPED else logging.WARNING
+            log.log(level, "%s %s %s: %s", failure.outcome.value, failure.planned.kind.value, failure.planned.id,
+                    failure.detail)
+        if skipped:
+            log.warning("%d object(s) not attempted: %s (-v lists them)", len(skipped), skipped[0].detail)
         for finding in result.audit or ():
             log.error("audit: %s %s: %s", finding.kind.value, finding.id, finding.problem)
         for item in result.unplanned:
@@ -784,10 +812,14 @@ class Supervisor:
             repos = claimed(payload)
             if repos:
                 self.claim(repos)
-            self.build_finished(build_id)
+            if not self.build_finished(build_id):
+                raise HookError(404, f"no build {build_id!r} is in progress here: never announced to this daemon "
+                                     "(since it started), finished already, or dropped after build_wait_limit")
             return {"id": build_id}
 
         def on_prune(payload: dict) -> None:
+            if self.daemon.disable:
+                raise HookError(409, "pruning is disabled (daemon.disable): this daemon only records last use")
             self.request_prune()
 
         host, port = parse_listen(self.daemon.listen)
