@@ -91,6 +91,28 @@ def test_a_prune_shows_in_the_metrics_and_readyz_says_the_engine_was_reached(eng
     assert ready[0] == 200 and ready[1].startswith("ready: engine reached")
 
 
+def test_the_usage_gauges_show_the_engine_as_the_prune_left_it(clean_engine, tmp_path: Path) -> None:
+    """From a new user's trial: the gauges were set from the plan before the prune, so after a
+    prune that freed everything they still showed it, and the documented alert on
+    sparkjoy_reclaimable_bytes fired after every prune that worked."""
+    engine = clean_engine
+    doomed = [import_image(engine, 200_000, f"gauge-{n}:1", tag_on_load=True) for n in range(3)]
+    kept = import_image(engine, 100_000, "gauge-kept:1", tag_on_load=True)
+
+    with RunningDaemon(engine, tmp_path, max_age="-1s", exclude=["gauge-kept:*"]) as daemon:
+        summary = daemon.prune_and_wait()
+        metrics = daemon.supervisor.metrics
+
+        def gauge(name: str, kind: str) -> float:
+            return metrics.registry.get_sample_value(name, {"kind": kind})
+
+        assert summary.removed["image"] == 3 and not any(image_exists(engine, i) for i in doomed)
+        assert image_exists(engine, kept)
+        assert gauge("sparkjoy_objects", "image") == 1
+        assert gauge("sparkjoy_reclaimable_bytes", "image") == 0
+        assert gauge("sparkjoy_disk_usage_bytes", "image") >= 100_000
+
+
 @pytest.mark.parametrize("buildkit", [True, False], ids=["BuildKit", "classic"])
 def test_a_real_docker_build_counts_as_a_build(clean_engine, tmp_path: Path, buildkit: bool) -> None:
     """The build count comes from the engine's own events, so `docker build -t` with either

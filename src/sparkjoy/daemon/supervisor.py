@@ -760,10 +760,26 @@ class Supervisor:
             self.metrics.record_run(result, trigger=trigger.value, duration_seconds=duration, finished_at=time.time())
         except Exception as error:
             log.debug("metrics: %s", error)
+        if not self._stop.is_set():
+            self._record_usage(engine)
 
         if eviction is not None:
             self.last_eviction = eviction
             self._after_eviction(engine, eviction)
+
+    def _record_usage(self, engine: DockerEngine) -> None:
+        """Set the usage gauges (objects, disk usage, reclaimable bytes) from the engine as a
+        prune left it: set from the plan before it, they showed what it had just freed as
+        still there, and an alert on reclaimable bytes fired after every prune that worked."""
+        assert self.state is not None
+        try:
+            after = engine.snapshot()
+            self.metrics.record_plan_usage(make_plan(after, self._counting_policy(), self.state.memory(),
+                                                     now=self.clock()))
+        except EngineUnreachable:
+            raise
+        except Exception as error:  # metrics must never stop the daemon
+            log.debug("metrics after the prune: %s", error)
 
     def _after_eviction(self, engine: DockerEngine, eviction: Eviction) -> None:
         used, total = self.measure(engine)
