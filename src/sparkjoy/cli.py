@@ -48,6 +48,13 @@ def engine_options(fn: Callable) -> Callable:
     return fn
 
 
+def state_db_option(fn: Callable) -> Callable:
+    """--state-db, as `sparkjoy run` has it: a prune by hand plans from the daemon's memory."""
+    return click.option("--state-db", help="The state database: last use, first sightings, remembered "
+                        "inspects (default [daemon] state_db, else $XDG_STATE_HOME/sparkjoy/state.db, "
+                        "/var/lib/sparkjoy/state.db as root).")(fn)
+
+
 def _no_filter(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
     if values:
         raise click.UsageError(
@@ -88,7 +95,7 @@ def policy_options(fn: Callable) -> Callable:
 FLAG_KEYS = {
     "max_age": "max_age", "keep_recent": "keep_recent", "labels": "labels", "repos": "repos",
     "exclude": "exclude", "containers": "containers", "images": "images", "build_cache": "build_cache",
-    "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout",
+    "volumes": "volumes", "host": "engine.host", "timeout": "engine.timeout", "state_db": "daemon.state_db",
 }
 
 
@@ -237,6 +244,7 @@ def main() -> None:
 @main.command(context_settings=CONTEXT)
 @engine_options
 @policy_options
+@state_db_option
 @click.option("-v", "--verbose", is_flag=True, help="List every object, not just the largest.")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
               help="Output format.")
@@ -274,6 +282,7 @@ class _Progress:
 @main.command(context_settings=CONTEXT)
 @engine_options
 @policy_options
+@state_db_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, delete nothing.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation (never forces a deletion).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the IDs of removed objects.")
@@ -389,6 +398,7 @@ def prune(**params: Any) -> None:
 @main.command("config", context_settings=CONTEXT)
 @engine_options
 @policy_options
+@state_db_option
 @click.option("--keys", is_flag=True, help="List every config key with its description and example.")
 def config_command(**params: Any) -> None:
     """Check the configuration and print the effective settings (or every key with --keys).

@@ -615,6 +615,16 @@ def test_a_config_file_shared_with_the_daemon_serves_every_command_and_its_state
     assert not (env.tmp / "state" / "sparkjoy" / "state.db").exists()  # not the default place
 
 
+def test_state_db_names_the_memory_df_and_prune_use_as_run_does(env: Env, mess: Mess) -> None:
+    chosen = env.tmp / "elsewhere" / "daemon.db"
+    expect(sparkjoy(env, "prune", "--dry-run", "--state-db", str(chosen)), 0)
+    expect(sparkjoy(env, "df", "--state-db", str(chosen)), 0)
+    assert chosen.is_file()
+    assert not (env.tmp / "state" / "sparkjoy" / "state.db").exists()
+    done = expect(sparkjoy(env, "config", "--state-db", str(chosen), host=False), 0)
+    assert f'daemon.state_db = "{chosen}"' in done.stdout
+
+
 def test_a_misspelt_variable_stops_a_prune_before_it_deletes_anything(env: Env, mess: Mess) -> None:
     before = all_ids(env.engine)
     done = expect(sparkjoy(env, "prune", "--force", "--max-age=-1s",
