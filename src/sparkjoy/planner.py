@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
-from itertools import count
+from itertools import count, takewhile
 from operator import attrgetter
 from typing import Iterable, Mapping
 
@@ -427,9 +427,17 @@ class _Planner:
         made = [_Unfrozen(Kind.IMAGE, i.id, i.repo_tags, d, i.size) for i, d in zip(images, decided)]
         self._images_made = made
         if not self._scoped:
+            # A step image that an image which stays builds on stays too (the engine refuses it:
+            # it has a child), and so does every step below it: a deletion names only those above.
+            staying = {parent for image, made_one in zip(self.snapshot.images, made)
+                       if image.hidden_parents and made_one.decision is not Decision.DELETE
+                       for parent in image.hidden_parents}
             for image, made_one in zip(self.snapshot.images, made):
                 if image.hidden_parents and made_one.decision is Decision.DELETE:
-                    made_one.hidden_parents = image.hidden_parents
+                    chain = image.hidden_parents
+                    if staying:
+                        chain = tuple(takewhile(lambda parent: parent not in staying, chain))
+                    made_one.hidden_parents = chain
         # Children before parents (deepest first), then the oldest first, then by id. Three
         # stable sorts on one simple key each, the last key first: the same order as one sort
         # on the tuple (-depth, time, id), at a third of the cost (no tuple per image).

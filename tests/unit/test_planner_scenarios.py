@@ -760,6 +760,22 @@ def test_unscoped_a_deleted_image_takes_its_unlisted_step_images_and_all_its_own
     assert planned.bytes == 50  # its two layers above the base: the step images go too
 
 
+def test_unscoped_a_deleted_image_names_no_step_image_an_image_that_stays_builds_on() -> None:
+    """From a new user's trial: the plan listed a shared step image among a deleted image's
+    untagged parents, and the run then said it stayed (the engine refused: it has a child)."""
+    base, child = _classic_child()
+    sibling = replace(
+        image("sibling", "app/s:1", tagged=ago(minutes=5), parent="base",
+              layer_list=layers(("base", 50), ("one", 30), ("three", 5)), size=85),
+        hidden_parents=("step3", "step1"), hidden_parent_layers=2)  # recent: stays, on step1 too
+    the_plan = plan(snapshot(images=[base, child, sibling]), Policy(max_age=timedelta(days=1), keep_recent=0,
+                                                                    exclude=("keep/*",)), now=NOW)
+    [planned] = [o for o in the_plan.deletions if o.id == "child"]
+    assert planned.hidden_parents == ("step2",)
+    assert planned.bytes == 20  # "one" is the sibling's too
+    assert "sibling" in {o.id for o in the_plan.kept}
+
+
 def test_under_repo_a_deleted_image_leaves_its_step_images_and_frees_only_what_they_do_not_hold() -> None:
     base, child = _classic_child()
     the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0,
