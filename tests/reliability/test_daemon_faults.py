@@ -139,3 +139,29 @@ def test_the_daemon_reconnects_after_the_engine_restarts_mid_prune(proxy, clean_
         assert any(r.outcome is Outcome.SKIPPED for r in first.result.results)
     assert set(world.deletable_images).isdisjoint(after.images)
     assert not [r for r in caplog.records if r.exc_info], "a traceback reached the daemon's log"
+
+
+def test_a_stop_while_the_engine_is_read_for_a_prune_starts_no_prune_and_moves_no_schedule(
+        proxy, clean_engine, tmp_path: Path) -> None:
+    """From a new user's trial: SIGTERM while the daemon's snapshot waited on the engine, and it
+    still planned and ran a prune ('removed nothing ... stopped early'), recorded as the last."""
+    world = make_world(clean_engine)
+    before = inventory(clean_engine)
+    daemon = RunningDaemon(SimpleNamespace(host=proxy.host), tmp_path, **GREEDY).start()
+    stopper: list = []
+
+    def stop_now(request) -> None:
+        import threading
+
+        stopper.append(threading.Thread(target=daemon.stop))
+        stopper[0].start()
+        daemon.wait_for(lambda: daemon.supervisor.stopping, "the stop to be asked for")
+
+    proxy.add(Rule("GET", r"^/system/df$", hook(stop_now, name="a stop while the engine is read"), times=1))
+    daemon.supervisor.request_prune()
+    fixtures.wait_until(lambda: stopper and not stopper[0].is_alive(), timeout=60, what="the daemon to stop")
+
+    assert daemon.supervisor.prunes == []
+    assert daemon.supervisor.state.prune_mark().when is None
+    assert not lost(before, inventory(clean_engine), set())
+    assert all(i in inventory(clean_engine).images for i in world.deletable_images)

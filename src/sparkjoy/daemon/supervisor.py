@@ -574,6 +574,8 @@ class Supervisor:
         self._failed_starts = 0
         if self.state is not None:
             self.state.save_histories(engine.histories_of(snapshot))  # for the next start
+        if self._stop.is_set():
+            return  # asked to stop while the engine was read: no plan, and the schedule stays
         self.engine_in_use_records = sum(1 for r in snapshot.build_cache if r.in_use)
         now = self.clock()
         decision = decide(self.triggers, self.situation(now), now)
@@ -706,6 +708,9 @@ class Supervisor:
         except Exception as error:  # metrics must never stop a prune
             log.debug("metrics: %s", error)
 
+        if self._stop.is_set():
+            log.info("prune (trigger=%s) not started: stopping", trigger.value)
+            return
         executor = Executor(engine, reporter=_DebugReporter(), should_stop=self._stop.is_set,
                             wait=lambda seconds: self._stop.wait(seconds) and None, audit=self.daemon.audit)
         try:
