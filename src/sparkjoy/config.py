@@ -209,7 +209,7 @@ def load(
     config_path: str | None = None,
     environ: Mapping[str, str] | None = None,
     flag_names: Mapping[str, str] | None = None,
-    checks: Sequence[Callable[[Mapping[str, Any]], list[str]]] = (),
+    checks: Sequence[Callable[[Mapping[str, Any], Mapping[str, str]], list[str]]] = (),
 ) -> Settings:
     """Given flags (dotted key -> raw value, only those the user gave), a --config path and the
     environment, return checked Settings or raise ConfigError listing every problem.
@@ -217,7 +217,8 @@ def load(
     ``flag_names`` (dotted key -> the option as the user types it, such as ``--label`` for
     ``labels``) names a flag in problems; without it a flag is named after its key. ``checks``
     find settings that contradict each other: each is given the values by dotted key (a key
-    whose value is wrong is missing) and returns its problems, reported with every other."""
+    whose value is wrong is missing) and where each set one came from (dotted key -> "flag
+    --interval", a file's path...), and returns its problems, reported with every other."""
     environ = os.environ if environ is None else environ
     flags = flags or {}
     keys = {(_dotted(k)): k for k in all_keys()}
@@ -264,8 +265,9 @@ def load(
                 keys[dotted].parse(value)
             except (ValueError, TypeError) as error:
                 problems.append(f"{source}: {dotted} = {_show(value)}: {error}")
+    sources = {dotted: source for dotted, (_, source) in raw.items()}
     for check in checks:
-        problems.extend(check(values))
+        problems.extend(check(values, sources))
     if problems:
         raise ConfigError(problems)
     try:

@@ -232,5 +232,8 @@ def test_sparkjoy_run_refuses_contradicting_flags_with_exit_2_before_touching_an
     )
 
     assert result.exit_code == 2
-    assert "daemon.interval (30m) and daemon.num_builds (5) contradict each other" in result.output
+    # Each named with where it came from, and the way out.
+    assert ("daemon.interval (30m, flag --interval) and daemon.num_builds (5, flag --num-builds) contradict each "
+            "other") in result.output
+    assert "or set num_builds to 0" in result.output
     assert not (tmp_path / "s.db").exists()

@@ -103,8 +103,9 @@ def test_contradictions_come_with_every_other_problem_at_once(sparkjoy: Invoke, 
     for command in (["config"], ["run"]):
         done = sparkjoy(*command, "--config", str(path), env={"SPARKJOY_TYPO": "1"})
         assert done.exit_code == 2, (command, done.output)
-        for words in ("max_age = 'bogus'", "SPARKJOY_TYPO", "daemon.interval (1h) and daemon.num_builds (3)",
-                      "daemon.high_watermark (80%) and daemon.low_watermark (2GB) mix"):
+        for words in ("max_age = 'bogus'", "SPARKJOY_TYPO",
+                      f"daemon.interval (1h, {path}) and daemon.num_builds (3, {path})",
+                      f"daemon.high_watermark (80%, {path}) and daemon.low_watermark (2GB, {path}) mix"):
             assert words in done.stderr, (command, words, done.stderr)
 
 

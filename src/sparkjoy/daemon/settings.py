@@ -193,9 +193,10 @@ def register() -> None:
 register()
 
 
-def contradictions(values: Mapping[str, Any]) -> list[str]:
-    """Given settings by dotted key (a key missing: unknown, its value was wrong), return a
-    problem for each pair of [daemon] settings that contradict each other, naming both.
+def contradictions(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> list[str]:
+    """Given settings by dotted key (a key missing: unknown, its value was wrong) and where
+    each set one came from, return a problem for each pair of [daemon] settings that
+    contradict each other, naming both and their sources.
 
     ``config.load`` runs it for `sparkjoy run` and `sparkjoy config` (``checks``), so they
     come with every other problem at once."""
@@ -205,26 +206,30 @@ def contradictions(values: Mapping[str, Any]) -> list[str]:
     def get(name: str) -> Any:
         return values[f"daemon.{name}"]
 
+    def shown(name: str) -> str:  # "daemon.interval (5m, flag --interval)"
+        where = (sources or {}).get(f"daemon.{name}")
+        return f"daemon.{name} ({_show(get(name))}{', ' + where if where else ''})"
+
     problems = []
     if known("interval") and known("num_builds") and get("interval") is not None and get("num_builds"):
         problems.append(
-            f"daemon.interval ({_show(get('interval'))}) and daemon.num_builds ({get('num_builds')}) "
-            "contradict each other: prune on an interval or every N builds, not both; remove one"
+            f"{shown('interval')} and {shown('num_builds')} contradict each other: prune on an interval or "
+            "every N builds, not both; remove one (or set num_builds to 0)"
         )
     if not (known("high_watermark") and known("low_watermark")):
         return problems
     high, low = get("high_watermark"), get("low_watermark")
     if low is not None and high is None:
-        problems.append("daemon.low_watermark is set but daemon.high_watermark is not: set both, or neither")
+        problems.append(f"{shown('low_watermark')} is set but daemon.high_watermark is not: set both, or neither")
     if high is not None and low is not None:
         if high.is_percent != low.is_percent:
             problems.append(
-                f"daemon.high_watermark ({high}) and daemon.low_watermark ({low}) mix a percentage with a "
+                f"{shown('high_watermark')} and {shown('low_watermark')} mix a percentage with a "
                 "size: use the same kind for both"
             )
         elif (high.percent or high.bytes or 0) < (low.percent or low.bytes or 0):
             problems.append(
-                f"daemon.low_watermark ({low}) is above daemon.high_watermark ({high}): the low mark must "
+                f"{shown('low_watermark')} is above {shown('high_watermark')}: the low mark must "
                 "not be above the high one"
             )
     return problems
