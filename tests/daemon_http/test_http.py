@@ -520,3 +520,10 @@ def test_the_client_from_config_reads_the_address_alone_and_names_a_bad_one(tmp_
     assert "environment variable SPARKJOY_DAEMON_LISTEN: daemon.listen = 'nowhere'" in caught.value.problems[0]
     with pytest.raises(ConfigError, match="does not exist"):
         Client.from_config(str(tmp_path / "missing.toml"))
+
+
+def test_the_server_header_names_sparkjoy_and_its_version(server: ServiceServer) -> None:
+    from sparkjoy import __version__
+
+    with urllib.request.urlopen(server.url + "/healthz", timeout=10) as response:
+        assert response.headers["Server"] == f"sparkjoy/{__version__}"  # was "sparkjoy " (trailing space)

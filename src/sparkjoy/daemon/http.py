@@ -301,6 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
     service: ServiceServer
     server_version = "sparkjoy"
     sys_version = ""
+
+    def version_string(self) -> str:  # "sparkjoy/0.1.0" (the default joins the two with a space)
+        from .. import __version__
+
+        return f"{self.server_version}/{__version__}"
     timeout = REQUEST_TIMEOUT_SECONDS
     protocol_version = "HTTP/1.1"
 
