@@ -46,6 +46,7 @@ def test_json_logs_are_one_object_per_line_with_the_prune_fields() -> None:
     assert record["level"] == "info" and record["message"].startswith("prune trigger=interval")
     assert record["trigger"] == "interval" and record["removed"]["build-cache"] == 12
     assert record["reclaimed_bytes"] == 1_200_000_000
+    assert record["stopped_early"] is None and record["note"] is None  # not "": nothing to say
 
 
 def test_every_n_builds_counts_what_the_engine_reports_whatever_tool_tagged_it(clean_engine, tmp_path: Path) -> None:

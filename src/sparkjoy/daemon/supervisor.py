@@ -119,7 +119,7 @@ class PruneSummary:
             "event": "prune", "trigger": self.trigger, "reason": self.reason, "removed": self.removed,
             "reclaimed_bytes": self.reclaimed_bytes, "predicted_bytes": self.predicted_bytes,
             "failures": self.failures, "duration_seconds": round(self.duration_seconds, 3),
-            "stopped_early": self.stopped_early, "note": self.note,
+            "stopped_early": self.stopped_early or None, "note": self.note or None,
         }
 
 
