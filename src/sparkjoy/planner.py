@@ -260,6 +260,9 @@ class _Planner:
         self._day_reasons: dict[tuple[bool, str, str, int, int], str] = {}
         # The images holding keep-recent places in repositories where others go (Plan.ranked).
         self._ranked: set[str] = set()
+        # Unscoped: the nearest step image of a deleted image whose chain a container that stays
+        # runs on cuts (step id -> that image), for the bytes ledger (see bytes_ledger).
+        self._steps_kept_by_containers: dict[str, Image] = {}
 
     def image_by_id(self, image_id: str) -> Image | None:
         """Given an image id, return its (last) listing, or None when it is not listed."""
@@ -324,9 +327,17 @@ class _Planner:
         """The ledger that tells what the deletions free. Under --repo or --label an image's
         untagged parents that the engine does not list stay (``PlannedObject.hidden_parents``),
         and the nearest holds the image's bottom layers: it joins the ledger as an image no
-        deletion names, so those layers are never predicted as freed."""
+        deletion names, so those layers are never predicted as freed. Unscoped, the same for a
+        step image a container that stays runs on: no listed image holds its layers, and how
+        many it has is told for the nearest step alone, so the nearest's count stands for it
+        (at most: a prediction may come short, never over)."""
         if not self._scoped:
-            return ledger
+            if not self._steps_kept_by_containers:
+                return ledger
+            stay = {step: Image(step, (), None, None, 0, 0, layers=image.layers[:image.hidden_parent_layers])
+                    for step, image in self._steps_kept_by_containers.items()
+                    if image.hidden_parent_layers and image.layers}
+            return LayerLedger(replace(self.snapshot, images=(*self.snapshot.images, *stay.values())))
         stay: dict[str, Image] = {}
         for image in self.snapshot.images:
             held = image.hidden_parent_layers
@@ -429,14 +440,21 @@ class _Planner:
         if not self._scoped:
             # A step image that an image which stays builds on stays too (the engine refuses it:
             # it has a child), and so does every step below it: a deletion names only those above.
+            # So does one a container that stays runs on (a failed build's step, run to debug it).
             staying = {parent for image, made_one in zip(self.snapshot.images, made)
                        if image.hidden_parents and made_one.decision is not Decision.DELETE
                        for parent in image.hidden_parents}
+            run_on = set(pinned)
+            staying |= run_on
             for image, made_one in zip(self.snapshot.images, made):
                 if image.hidden_parents and made_one.decision is Decision.DELETE:
                     chain = image.hidden_parents
                     if staying:
                         chain = tuple(takewhile(lambda parent: parent not in staying, chain))
+                        if len(chain) < len(image.hidden_parents) and image.hidden_parents[len(chain)] in run_on:
+                            # No listed image holds that step's layers: they stay with it, and at
+                            # most as many as the nearest step has (the ledger's stay images).
+                            self._steps_kept_by_containers[image.hidden_parents[0]] = image
                     made_one.hidden_parents = chain
         # Children before parents (deepest first), then the oldest first, then by id. Three
         # stable sorts on one simple key each, the last key first: the same order as one sort

@@ -236,6 +236,26 @@ def test_a_finish_for_a_build_never_announced_is_refused_and_said(engine, tmp_pa
         assert again.returncode == 1 and "finished already" in again.stderr
 
 
+def test_a_second_build_with_the_id_of_one_in_progress_is_refused_and_builds_unannounced(engine, tmp_path) -> None:
+    """A review's case: two `sparkjoy build --id nightly` at once were one build to the daemon,
+    and the first to finish released both (the second's finish then got 404)."""
+    from sparkjoy.daemon import DaemonRefused
+
+    with RunningDaemon(engine, tmp_path) as daemon:
+        address = "%s:%d" % daemon.supervisor.http.address
+        assert Client(address).build_started("nightly") == "nightly"
+        with pytest.raises(DaemonRefused, match="a build 'nightly' is in progress already"):
+            Client(address).build_started("nightly")
+        result = subprocess.run([SPARKJOY, "build", "--id", "nightly", "--listen", address, "--", "sh", "-c", "exit 4"],
+                                capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                                timeout=60)
+        assert result.returncode == 4
+        assert "in progress already" in result.stderr and "running the build anyway" in result.stderr
+        Client(address).build_finished("nightly")
+        daemon.wait_for(lambda: daemon.supervisor.announced_builds == {}, "the first build finished")
+        assert Client(address).build_started("nightly") == "nightly"  # free again
+
+
 def test_a_prune_asked_of_a_disabled_daemon_is_refused_and_said(engine, tmp_path, caplog) -> None:
     import logging
 

@@ -15,6 +15,7 @@ import pytest
 
 from sparkjoy.daemon import supervisor as supervisor_module
 from sparkjoy.executor import Outcome
+from sparkjoy.state import State
 
 from tests import fixtures
 from tests.daemon.support import RunningDaemon
@@ -162,6 +163,11 @@ def test_a_stop_while_the_engine_is_read_for_a_prune_starts_no_prune_and_moves_n
     fixtures.wait_until(lambda: stopper and not stopper[0].is_alive(), timeout=60, what="the daemon to stop")
 
     assert daemon.supervisor.prunes == []
-    assert daemon.supervisor.state.prune_mark().when is None
+    # Read from the file (the daemon's own state is closed once it stopped, and reads nothing).
+    remembered = State.open(tmp_path / "state.db", daemon.supervisor.host)
+    try:
+        assert remembered.prune_mark().when is None
+    finally:
+        remembered.close()
     assert not lost(before, inventory(clean_engine), set())
     assert all(i in inventory(clean_engine).images for i in world.deletable_images)

@@ -776,6 +776,18 @@ def test_unscoped_a_deleted_image_names_no_step_image_an_image_that_stays_builds
     assert "sibling" in {o.id for o in the_plan.kept}
 
 
+def test_unscoped_a_step_image_a_container_runs_on_stays_with_its_layers() -> None:
+    """A review's case: a container that stays runs on a step image (a failed build's step, run
+    to debug it). The engine refuses that step; the plan listed it and counted its layers."""
+    base, child = _classic_child()
+    debugging = container("debug", "step1", "running")
+    the_plan = plan(snapshot(images=[base, child], containers=[debugging]),
+                    Policy(max_age=timedelta(days=1), keep_recent=0, exclude=("keep/*",)), now=NOW)
+    [planned] = [o for o in the_plan.deletions if o.id == "child"]
+    assert planned.hidden_parents == ("step2",)
+    assert planned.bytes == 20  # at most what the nearest step does not hold: never over
+
+
 def test_under_repo_a_deleted_image_leaves_its_step_images_and_frees_only_what_they_do_not_hold() -> None:
     base, child = _classic_child()
     the_plan = plan(snapshot(images=[base, child]), Policy(max_age=timedelta(days=1), keep_recent=0,

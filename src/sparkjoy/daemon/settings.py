@@ -51,8 +51,10 @@ def parse_watermark(value: Any) -> Watermark:
     refused: ``85`` meant as 85% would be a mark of 85 bytes, and the daemon would evict
     everything it may at once."""
     bare = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*", value):
         bare = float(value)
+    if bare is not None and bare <= 0:
+        raise ValueError(f"a mark must be above zero, with its unit, such as '85%' or '20GB', got {value!r}")
     if bare is not None:
         number = value.strip() if isinstance(value, str) else str(value)
         guesses = [f"'{bare * 100:g}%'"] if 0 < bare < 1 else []  # a fraction: 0.85 -> 85%

@@ -89,6 +89,10 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class BuildIdInUse(Exception):
+    """A build was announced with the id of one in progress."""
+
+
 @dataclass(frozen=True)
 class PruneSummary:
     """One prune, as the summary log line tells it."""
@@ -236,9 +240,11 @@ class Supervisor:
     def build_started(self, build_id: str | None = None) -> str:
         """A dev tool says a build starts; returns the id to finish it with."""
         build_id = build_id or uuid.uuid4().hex[:12]
-        with self._open_builds_lock:
+        with self._open_builds_lock:  # queued under the lock: a finish never overtakes its start
+            if build_id in self._open_builds:
+                raise BuildIdInUse(build_id)
             self._open_builds.add(build_id)
-        self._queue.put((None, "build-start", build_id))
+            self._queue.put((None, "build-start", build_id))
         return build_id
 
     def build_finished(self, build_id: str) -> bool:
@@ -247,7 +253,7 @@ class Supervisor:
             if build_id not in self._open_builds:
                 return False
             self._open_builds.discard(build_id)
-        self._queue.put((None, "build-finish", build_id))
+            self._queue.put((None, "build-finish", build_id))
         return True
 
     def claim(self, repositories: list[str]) -> None:
@@ -310,7 +316,8 @@ class Supervisor:
             return "pruning disabled"
         every = (f"every {self.daemon.num_builds} builds" if self.daemon.num_builds
                  else f"every {format_duration(self.daemon.interval)}")
-        text = f"prunes {every}, first after a build or {format_duration(self.daemon.quiet_period)} quiet"
+        text = (f"prunes {every} from the last prune; once due after a start, after a build or "
+                f"{format_duration(self.daemon.quiet_period)} quiet")
         if self.daemon.high_watermark:
             text += f", evicts above {self.daemon.high_watermark} down to {self.daemon.low_watermark}"
         return text
@@ -726,8 +733,10 @@ class Supervisor:
         deleted_images = result.deleted_ids(Kind.IMAGE)
         self.state.forget_except(set(image_ids) - deleted_images)
         self.state.remember_left_behind(the_plan, deleted_images, self.clock())
-        if trigger is not Trigger.DISK_PRESSURE:
+        if trigger is not Trigger.DISK_PRESSURE and not result.stopped_early:
             # Eviction is not the policy's prune: it does not move the interval or build count.
+            # Nor does a prune a stop or a lost engine cut short: the next one comes as if it
+            # had not run (after the quiet period, once started again), not an interval later.
             self.state.record_prune(now)
             self.pruned_since_start = True
             self.last_prune_here = now
@@ -822,20 +831,25 @@ class Supervisor:
             if build_id is not None and (not isinstance(build_id, str) or not build_id.strip()):
                 raise HookError(400, "id must be a non-empty string")
             repos = claimed(payload)
+            try:
+                started = self.build_started(build_id)
+            except BuildIdInUse:
+                raise HookError(409, f"a build {build_id!r} is in progress already: give each build its own id "
+                                     "(or none, for a new one)") from None
             if repos:
                 self.claim(repos)
-            return {"id": self.build_started(build_id)}
+            return {"id": started}
 
         def on_build_finish(payload: dict) -> dict:
             build_id = payload.get("id")
             if not isinstance(build_id, str) or not build_id:
                 raise HookError(400, "send the id that /build/start answered")
             repos = claimed(payload)
-            if repos:
-                self.claim(repos)
             if not self.build_finished(build_id):
                 raise HookError(404, f"no build {build_id!r} is in progress here: never announced to this daemon "
                                      "(since it started), finished already, or dropped after build_wait_limit")
+            if repos:
+                self.claim(repos)
             return {"id": build_id}
 
         def on_prune(payload: dict) -> None:

@@ -122,6 +122,12 @@ def _scheduled(settings: TriggerSettings, situation: Situation, now: datetime) -
             return Trigger.BUILDS, f"{since} builds since the last prune (num_builds {settings.num_builds})"
         return None, f"{since} of {settings.num_builds} builds since the last prune"
     elapsed = now - situation.last_prune
+    if elapsed < timedelta(0):
+        # Remembered in the future: the clock stepped back since (NTP correcting an RTC that ran
+        # ahead). Waiting for it would stop pruning for as long as the clock was ahead.
+        return Trigger.INTERVAL, (
+            f"the last prune remembered is {format_duration(-elapsed)} in the future (the clock stepped back?)"
+        )
     if elapsed >= settings.interval:
         return Trigger.INTERVAL, (
             f"last prune {format_duration(elapsed)} ago, interval {format_duration(settings.interval)}"
