@@ -171,3 +171,21 @@ def test_a_stop_while_the_engine_is_read_for_a_prune_starts_no_prune_and_moves_n
         remembered.close()
     assert not lost(before, inventory(clean_engine), set())
     assert all(i in inventory(clean_engine).images for i in world.deletable_images)
+
+
+def test_the_quiet_period_counts_from_when_the_engine_is_first_reached(proxy, clean_engine, tmp_path: Path) -> None:
+    """A review's case: an engine that came up after the quiet period was pruned the moment the
+    daemon reached it, before the morning's first build had touched anything."""
+    make_world(clean_engine)
+    proxy.add(Rule("GET", r"^/_ping$", respond(500), times=3))  # down for three attempts, about 3 s
+    daemon = RunningDaemon(SimpleNamespace(host=proxy.host), tmp_path, **{**GREEDY, "quiet_period": "2s"})
+    daemon.start()  # returns once it has connected
+    try:
+        assert proxy.total_injected == 3
+        daemon.wait_for(lambda: "waits for a build to finish or the quiet period" in daemon.supervisor.last_decision,
+                        "the first prune to wait for the quiet period")
+        assert daemon.supervisor.prunes == []
+        (first,) = daemon.wait_for(lambda: daemon.supervisor.prunes, "the first prune after the quiet period")
+        assert first.trigger == "first"
+    finally:
+        daemon.stop()

@@ -350,6 +350,9 @@ class Supervisor:
         self._engine = engine
         if self._start_nanos is None:
             self._start_nanos = engine.clock_nanos() or time.time_ns()
+            # The quiet period counts from when the engine was first reached: an engine that
+            # came up after it would otherwise be pruned at once, before any build ran on it.
+            self.started_at = self.clock()
         assert self.state is not None
         engine.know_histories(self.state.histories())  # read by an earlier start or a one-shot run
         self.interpreter = EventInterpreter(DockerResolver(engine), self._counting_policy())
