@@ -289,8 +289,8 @@ class _Progress:
 @click.option("-v", "--verbose", is_flag=True, help="List every object with its decision and reason.")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
               help="Output format (json: see the README for the contract).")
-@click.option("--audit", is_flag=True, help="After the run, verify every object the plan kept is still there; "
-              "exit 1 if not.")
+@click.option("--audit", is_flag=True, help="After the run, verify every image (with its tags), build-cache "
+              "record and volume the plan kept is still there; exit 1 if not.")
 def prune(**params: Any) -> None:
     """Remove what the policy says is old and unused: stopped containers, images, build cache (volumes
     only with --volumes).

@@ -59,7 +59,8 @@ def _daemon_flags(params: dict[str, Any]) -> dict[str, Any]:
 @click.option("--scope-from-builds", is_flag=True, default=None,
               help="Prune only repositories that dev tools claim in build notifications (--repo of `sparkjoy build`).")
 @click.option("--audit", is_flag=True, default=None,
-              help="After each prune, check every kept object is still there; a finding fails the run.")
+              help="After each prune, check every kept image (with its tags), build-cache record and "
+              "volume is still there; a finding fails the run.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and deleted object (debug level).")
 def run_command(**params: Any) -> None:
     """Run the pruner as a service: prune at the right moments, never while a build runs.

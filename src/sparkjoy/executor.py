@@ -668,7 +668,6 @@ class Executor:
         after = self.engine.snapshot()
         images = {i.id: set(i.repo_tags) for i in after.images}
         tags_now = {tag for tags in images.values() for tag in tags}
-        containers = {c.id for c in after.containers}
         records = {r.id for r in after.build_cache}
         volumes = {v.name for v in after.volumes}
         # Objects busy at the snapshot may go by themselves, never by this run: a build drops
@@ -692,8 +691,9 @@ class Executor:
                 # A tag now on another image was moved there (a build, `docker tag`), not removed by the run.
                 if missing := set(kept.names) - tags_now:
                     findings.append(AuditFinding(kept.kind, kept.id, "kept image lost tags " + ", ".join(sorted(missing))))
-            elif kept.kind is Kind.CONTAINER and kept.id not in containers:
-                findings.append(AuditFinding(kept.kind, kept.id, "kept container is gone"))
+            # Not containers: sparkjoy removes one only when its plan deletes it, by its ID and
+            # never with its volumes, and nothing it deletes takes one with it. A kept container
+            # that is gone was removed by its owner (a classic build's step, an exited --rm).
             elif kept.kind is Kind.VOLUME and kept.id not in volumes:
                 findings.append(AuditFinding(kept.kind, kept.id, "kept volume is gone"))
             elif kept.kind is Kind.BUILD_CACHE and kept.id not in records:

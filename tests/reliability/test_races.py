@@ -12,12 +12,14 @@ import json
 import subprocess
 import threading
 from contextlib import closing
+from datetime import timedelta
 
 import pytest
 
 from sparkjoy.errors import ExitCode
 from sparkjoy.executor import Executor, Outcome
 from sparkjoy.planner import plan as make_plan
+from sparkjoy.policy import Policy
 
 from tests import fixtures
 from tests.engine import IsolatedEngine
@@ -505,3 +507,23 @@ def test_events_that_cannot_tell_whether_a_tag_moved_are_said_so(proxy, clean_en
     [outcome] = [r for r in result.results if r.planned.id == image]
     assert outcome.outcome is Outcome.DELETED, outcome
     assert "is not known" in outcome.detail and "as many as the engine keeps" in outcome.detail, outcome.detail
+
+
+def test_a_kept_container_its_owner_removes_after_the_plan_is_no_audit_finding(clean_engine, count):
+    """A classic build removes its step containers, an exited `--rm` container goes by itself:
+    sparkjoy removes a container only when its plan deletes it, so a kept one gone is not its
+    doing, and the audit no longer fails the run for it."""
+    engine = clean_engine
+    image = fixtures.busybox_image(engine, "race/owned:1")
+    owned = fixtures.run_container(engine, image, state="exited")  # young: kept by a 1h max age
+    sparkjoy = adapter(engine.host)
+    snapshot = sparkjoy.snapshot()
+    the_plan = make_plan(snapshot, Policy(max_age=timedelta(hours=1), keep_recent=0), now=snapshot.taken_at)
+    assert owned in {o.id for o in the_plan.kept}
+    with closing(engine.client()) as client:
+        client.api.remove_container(owned)  # its owner's doing
+
+    result = Executor(sparkjoy, audit=True).execute(the_plan)
+
+    count(race_rounds=1, objects_checked=1, objects_lost=len(result.audit))
+    assert result.audit == (), result.audit

@@ -178,7 +178,8 @@ KEYS = (
     config.Key("log_format", _log_format, "text", "Log as plain text or JSON lines.", 'log_format = "json"',
                section="daemon"),
     config.Key("audit", config._boolean, False,
-               "After each prune, check that every object the plan kept is still there with all its tags; "
+               "After each prune, check that every image (with all its tags), build-cache record and volume "
+               "the plan kept is still there; "
                "a finding is logged as an error and the run counts as failed (like `prune --audit`).",
                "audit = true", section="daemon"),
 )
