@@ -268,3 +268,23 @@ def test_a_prune_asked_of_a_disabled_daemon_is_refused_and_said(engine, tmp_path
             daemon.supervisor.request_prune()  # SIGUSR1's way: logged, not done
             daemon.wait_for(lambda: "a prune was asked for, but pruning is disabled" in caplog.text, "the warning")
     assert daemon.supervisor.prunes == []
+
+
+def test_a_refused_finish_claims_no_repository(engine, tmp_path) -> None:
+    """A review's case: POST /build/finish recorded its repos before checking the id, so a
+    finish refused with 404 still claimed repositories under scope_from_builds."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    with RunningDaemon(engine, tmp_path) as daemon:
+        address = "%s:%d" % daemon.supervisor.http.address
+        request = urllib.request.Request(f"http://{address}/build/finish", method="POST",
+                                         data=json.dumps({"id": "nope", "repos": ["refused/*"]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 404
+        Client(address).build_started("real", repos=["accepted/*"])  # queued after anything the 404 queued
+        daemon.wait_for(lambda: "accepted/*" in daemon.supervisor.state.claims(), "the real claim")
+        assert "refused/*" not in daemon.supervisor.state.claims()
