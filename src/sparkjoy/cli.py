@@ -411,7 +411,7 @@ def config_command(**params: Any) -> None:
 
     Exit codes: 0 the settings are valid, 2 a setting is wrong (each problem is named).
     """
-    from .daemon.settings import DaemonSettings, contradictions
+    from .daemon.settings import contradictions
 
     if params["keys"]:
         for key in config.all_keys():
@@ -420,7 +420,6 @@ def config_command(**params: Any) -> None:
         return
     try:
         settings = _load(params, checks=(contradictions,))  # what `run` rejects, with every other problem
-        DaemonSettings.from_settings(settings)
     except SparkjoyError as error:
         _fail(error)
         return

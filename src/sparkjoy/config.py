@@ -451,7 +451,7 @@ def _unknown_variables(environ: Mapping[str, str], keys: Mapping[str, Key]) -> l
     """Given the environment, return a problem for each SPARKJOY_* variable (in any case) that
     is set and is no setting: a misspelt one (SPARKJOY_KEEP_RECNET=10) would otherwise leave the
     default in force without a word, and a prune delete what the user meant to keep."""
-    known = [key.env for key in keys.values()]
+    known = {key.env for key in keys.values()}
     by_key_name = {key.name.upper(): key.env for key in keys.values()}
     problems = []
     for name in sorted(environ):

@@ -331,15 +331,9 @@ class _Planner:
         step image a container that stays runs on: no listed image holds its layers, and how
         many it has is told for the nearest step alone, so the nearest's count stands for it
         (at most: a prediction may come short, never over)."""
-        if not self._scoped:
-            if not self._steps_kept_by_containers:
-                return ledger
-            stay = {step: Image(step, (), None, None, 0, 0, layers=image.layers[:image.hidden_parent_layers])
-                    for step, image in self._steps_kept_by_containers.items()
-                    if image.hidden_parent_layers and image.layers}
-            return LayerLedger(replace(self.snapshot, images=(*self.snapshot.images, *stay.values())))
+        with_steps = self._steps_kept_by_containers.values() if not self._scoped else self.snapshot.images
         stay: dict[str, Image] = {}
-        for image in self.snapshot.images:
+        for image in with_steps:
             held = image.hidden_parent_layers
             if held and image.layers and image.hidden_parents[0] not in stay:
                 stay[image.hidden_parents[0]] = Image(image.hidden_parents[0], (), None, None, 0, 0,
@@ -441,13 +435,14 @@ class _Planner:
             # A step image that an image which stays builds on stays too (the engine refuses it:
             # it has a child), and so does every step below it: a deletion names only those above.
             # So does one a container that stays runs on (a failed build's step, run to debug it).
-            staying = {parent for image, made_one in zip(self.snapshot.images, made)
-                       if image.hidden_parents and made_one.decision is not Decision.DELETE
+            with_steps = [(image, made_one) for image, made_one in zip(self.snapshot.images, made)
+                          if image.hidden_parents]
+            staying = {parent for image, made_one in with_steps if made_one.decision is not Decision.DELETE
                        for parent in image.hidden_parents}
             run_on = set(pinned)
             staying |= run_on
-            for image, made_one in zip(self.snapshot.images, made):
-                if image.hidden_parents and made_one.decision is Decision.DELETE:
+            for image, made_one in with_steps:
+                if made_one.decision is Decision.DELETE:
                     chain = image.hidden_parents
                     if staying:
                         chain = tuple(takewhile(lambda parent: parent not in staying, chain))

@@ -522,7 +522,9 @@ class Supervisor:
         return count, ", ".join(parts)
 
     def _update_builds_gauge(self) -> None:
-        count, _ = self._builds_in_flight(self.clock())
+        self._set_builds_gauge(self._builds_in_flight(self.clock())[0])
+
+    def _set_builds_gauge(self, count: int) -> None:
         try:
             self.metrics.set_builds_in_flight(count)
         except Exception:
@@ -532,10 +534,7 @@ class Supervisor:
         assert self.state is not None and self.started_at is not None
         mark = self.state.prune_mark()
         in_flight, detail = self._builds_in_flight(now)
-        try:
-            self.metrics.set_builds_in_flight(in_flight)  # fresh on every tick: stale announcements drop here
-        except Exception:
-            pass
+        self._set_builds_gauge(in_flight)  # fresh on every tick: stale announcements drop here
         # The remembered time, or this process's own when the database could not keep it:
         # a failing database must never turn into a prune on every tick.
         last_prune = max((t for t in (mark.when, self.last_prune_here) if t is not None), default=None)
